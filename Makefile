@@ -1,0 +1,37 @@
+# Every target builds what it needs from nothing; the venv is reinstalled only when
+# pyproject.toml changes (tracked by a stamp file).
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+
+.PHONY: all venv .venv test lint demo bench clean distclean
+
+all: test
+
+venv .venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -e '.[pipelines,dev]'
+	touch $@
+
+test: $(STAMP)
+	$(VPY) -m pytest -q
+
+lint: $(STAMP)
+	$(VPY) -m ruff check .
+
+demo: $(STAMP)
+	$(VPY) -m samdetr.demo
+
+bench: $(STAMP)
+	$(VPY) bench/model_step.py
+
+# clean keeps the venv (slow to rebuild); distclean removes it too.
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis bench_results
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

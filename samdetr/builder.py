@@ -1,0 +1,102 @@
+"""Turns a validated config into modules, passing every part in explicitly."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from samdetr.attention import (
+    ConditionalCrossAttention,
+    ConditionalSelfAttention,
+    SalientPointCrossAttention,
+)
+from samdetr.backbone import build_resnet, load_backbone_weights
+from samdetr.config import DetectorConfig, ModelConfig
+from samdetr.criterion import SetCriterion
+from samdetr.decoder import BaselineDecoderLayer, SAMDecoderLayer, TransformerDecoder
+from samdetr.detector import SAMDETR
+from samdetr.encoder import TransformerEncoder, TransformerEncoderLayer
+from samdetr.matcher import HungarianMatcher
+from samdetr.mlp import MLP
+from samdetr.position_encoding import PositionEmbeddingSine
+from samdetr.semantic_aligner import SemanticAligner
+from samdetr.transformer import Transformer
+
+
+def _model_config(config: DetectorConfig | ModelConfig) -> ModelConfig:
+    if isinstance(config, DetectorConfig):
+        return config.model
+    if isinstance(config, ModelConfig):
+        return config
+    raise TypeError(f"expected DetectorConfig or ModelConfig, got {type(config).__name__}")
+
+
+def build_decoder_layer(cfg: ModelConfig) -> nn.Module:
+    """One decoder layer of the kind ``cfg.decoder`` names."""
+    d = cfg.hidden_dim
+    self_attn = ConditionalSelfAttention(d, cfg.num_heads, cfg.dropout)
+    if cfg.decoder == "baseline":
+        cross = ConditionalCrossAttention(d, cfg.num_heads, cfg.dropout)
+        return BaselineDecoderLayer(self_attn, cross, d, cfg.dim_feedforward, cfg.dropout,
+                                    cfg.point_embed_grad)
+    aligner = SemanticAligner(d, cfg.num_salient_points, predict_scales=cfg.smca,
+                              roi_size=cfg.roi_size, point_embed_grad=cfg.point_embed_grad)
+    cross = SalientPointCrossAttention(d, cfg.num_salient_points, cfg.dropout)
+    return SAMDecoderLayer(self_attn, aligner, cross, d, cfg.dim_feedforward, cfg.dropout,
+                           smca_beta=cfg.smca_beta if cfg.smca else None,
+                           point_embed_grad=cfg.point_embed_grad)
+
+
+def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = False) -> SAMDETR:
+    """Build a randomly initialised detector from its config.
+
+    With ``load_pretrained=True`` and ``backbone.weights`` set, the ImageNet backbone weights
+    are loaded; otherwise nothing is read from disk or network.
+    """
+    cfg = _model_config(config)
+    d = cfg.hidden_dim
+    backbone = build_resnet(cfg.backbone.name, cfg.backbone.dilation, cfg.backbone.train_backbone)
+    if load_pretrained:
+        if cfg.backbone.weights is None:
+            raise ValueError("load_pretrained=True but model.backbone.weights is not set")
+        load_backbone_weights(backbone, cfg.backbone.weights)
+    proj = [nn.Conv2d(backbone.num_channels, d, kernel_size=1)]
+    if cfg.input_proj_groupnorm:
+        proj.append(nn.GroupNorm(32, d))
+    encoder = TransformerEncoder(
+        TransformerEncoderLayer(d, cfg.num_heads, cfg.dim_feedforward, cfg.dropout),
+        cfg.num_encoder_layers,
+    )
+    box_heads = nn.ModuleList(MLP(d, d, 4, 3) for _ in range(cfg.num_decoder_layers))
+    decoder = TransformerDecoder(build_decoder_layer(cfg), cfg.num_decoder_layers, box_heads)
+    transformer = Transformer(encoder, decoder)
+    transformer.reset_parameters()
+    class_heads = nn.ModuleList(nn.Linear(d, cfg.num_classes) for _ in range(cfg.num_decoder_layers))
+    model = SAMDETR(
+        backbone=backbone,
+        position_encoding=PositionEmbeddingSine(d // 2),
+        input_proj=nn.Sequential(*proj),
+        transformer=transformer,
+        class_heads=class_heads,
+        num_queries=cfg.num_queries,
+        aux_loss=cfg.aux_loss,
+    )
+    model.reset_head_parameters()
+    return model
+
+
+def count_trainable_parameters(model: nn.Module) -> int:
+    """Number of parameters that receive gradient updates."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_criterion(config: DetectorConfig) -> SetCriterion:
+    """The Hungarian-matched set criterion with the config's costs and weights."""
+    if not isinstance(config, DetectorConfig):
+        raise TypeError(f"expected DetectorConfig, got {type(config).__name__}")
+    loss = config.loss
+    matcher = HungarianMatcher(cost_class=loss.cost_class, cost_bbox=loss.cost_bbox,
+                               cost_giou=loss.cost_giou, focal_alpha=loss.focal_alpha,
+                               focal_gamma=loss.focal_gamma)
+    return SetCriterion(matcher, config.model.num_classes, weight_class=loss.loss_class,
+                        weight_bbox=loss.loss_bbox, weight_giou=loss.loss_giou,
+                        focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)

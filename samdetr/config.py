@@ -1,0 +1,217 @@
+"""Typed, validated configuration of a SAM-DETR detector.
+
+Config flows one way: a plain dict (from YAML, JSON or a checkpoint) goes through
+:meth:`DetectorConfig.from_dict`, is validated once here, and the builder turns it into
+modules with explicit constructor arguments. Every architecture switch is a field of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+DECODERS = ("sam", "baseline")
+
+T = TypeVar("T")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise TypeError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        sub = _NESTED.get((cls.__name__, name))
+        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub else value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """ResNet backbone with frozen BatchNorm; stem and layer1 are always frozen.
+
+    ``weights`` names ImageNet weights to load *when asked* (``load_backbone_weights``):
+    a local file path or a torchvision weights name such as ``"ResNet50_Weights.IMAGENET1K_V1"``.
+    Building a model never reads or downloads them.
+    """
+
+    name: str = "resnet50"
+    dilation: bool = False  # DC5: layer4 uses dilation instead of stride (output stride 16)
+    train_backbone: bool = True  # layers 2-4 trainable (the official code: lr_backbone > 0)
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.name in BACKBONES, f"backbone.name must be one of {BACKBONES}, got {self.name!r}")
+        _check(
+            not (self.dilation and self.name in ("resnet18", "resnet34")),
+            f"backbone.dilation (DC5) needs a bottleneck ResNet (resnet50/101), not {self.name}",
+        )
+        _check(
+            self.weights is None or (isinstance(self.weights, str) and self.weights != ""),
+            "backbone.weights must be None or a non-empty path / torchvision weights name",
+        )
+
+    @property
+    def num_channels(self) -> int:
+        return 512 if self.name in ("resnet18", "resnet34") else 2048
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the detector. Defaults are the official SAM-DETR-R50 (50-epoch) setting."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    hidden_dim: int = 256
+    num_heads: int = 8  # encoder / decoder self-attention heads, baseline cross-attention heads
+    num_salient_points: int = 8  # M: one cross-attention head per salient point
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    num_queries: int = 300
+    num_classes: int = 91  # K class logits = max category id + 1 (sigmoid, no "no-object")
+    decoder: str = "sam"  # "sam": semantics aligner; "baseline": plain conditional decoder
+    smca: bool = False  # Gaussian bias around each salient point (SAM decoder only)
+    smca_beta: float = 8.0
+    input_proj_groupnorm: bool = False  # official 12-epoch runs add GroupNorm(32, D)
+    roi_size: int = 7
+    point_embed_grad: bool = False  # official: sine embeddings are computed without gradient
+    aux_loss: bool = True  # predictions of every decoder layer
+
+    def __post_init__(self) -> None:
+        positive = (
+            "hidden_dim", "num_heads", "num_salient_points", "num_encoder_layers",
+            "num_decoder_layers", "dim_feedforward", "num_queries", "num_classes", "roi_size",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                f"model.{name} must be a positive integer, got {value!r}",
+            )
+        _check(self.decoder in DECODERS, f"model.decoder must be one of {DECODERS}, got {self.decoder!r}")
+        d = self.hidden_dim
+        # Sine embeddings give D/2 features per axis as (sin, cos) pairs.
+        _check(d % 4 == 0, f"model.hidden_dim must be a multiple of 4, got {d}")
+        _check(d % self.num_heads == 0, f"model.num_heads={self.num_heads} must divide hidden_dim={d}")
+        _check(
+            d % self.num_salient_points == 0,
+            f"model.num_salient_points={self.num_salient_points} must divide hidden_dim={d} "
+            "(each salient point's head gets hidden_dim / M value features)",
+        )
+        _check(
+            not self.input_proj_groupnorm or d % 32 == 0,
+            f"model.input_proj_groupnorm uses GroupNorm(32, D): hidden_dim={d} must divide by 32",
+        )
+        _check(
+            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            f"model.dropout must be in [0, 1), got {self.dropout!r}",
+        )
+        _check(
+            not (self.smca and self.decoder != "sam"),
+            "model.smca needs decoder='sam': the Gaussian is centred on salient points",
+        )
+        _check(
+            isinstance(self.smca_beta, (int, float)) and self.smca_beta > 0,
+            f"model.smca_beta must be > 0, got {self.smca_beta!r}",
+        )
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Hungarian matching costs and loss weights (the same on every decoder layer)."""
+
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    loss_class: float = 2.0
+    loss_bbox: float = 5.0
+    loss_giou: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check(
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0,
+                f"loss.{f.name} must be a finite number >= 0, got {value!r}",
+            )
+        _check(
+            self.cost_class + self.cost_bbox + self.cost_giou > 0,
+            "loss: at least one matching cost must be positive",
+        )
+        _check(0.0 <= self.focal_alpha <= 1.0, f"loss.focal_alpha must be in [0, 1], got {self.focal_alpha}")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything needed to rebuild a detector and its training objective."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/YAML-safe) that :meth:`from_dict` turns back into this config."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        """Validate a nested mapping; unknown keys and bad values raise ``ValueError``."""
+        return _from_dict(cls, data, "config")
+
+    def replace(self, **model_changes: Any) -> DetectorConfig:
+        """A copy with some ``model`` fields changed (validated again)."""
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, **model_changes))
+
+
+_NESTED = {
+    ("DetectorConfig", "model"): ModelConfig,
+    ("DetectorConfig", "loss"): LossConfig,
+    ("ModelConfig", "backbone"): BackboneConfig,
+}
+
+
+def _official(smca: bool, dilation: bool, epochs: int) -> DetectorConfig:
+    if epochs not in (12, 50):
+        raise ValueError(f"official presets exist for 12 and 50 epochs, got {epochs}")
+    return DetectorConfig(
+        model=ModelConfig(
+            backbone=BackboneConfig(name="resnet50", dilation=dilation),
+            smca=smca,
+            # The official code adds this GroupNorm exactly when trained for < 25 epochs.
+            input_proj_groupnorm=epochs < 25,
+        )
+    )
+
+
+PRESETS = {
+    f"sam_detr_r50{'_dc5' if dc5 else ''}{'_smca' if smca else ''}_e{epochs}": (smca, dc5, epochs)
+    for dc5 in (False, True)
+    for smca in (False, True)
+    for epochs in (12, 50)
+}
+
+
+def preset(name: str) -> DetectorConfig:
+    """Config of an official variant, e.g. ``"sam_detr_r50_smca_e12"`` (see ``PRESETS``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    return _official(*PRESETS[name])
