@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(VPY) -m ruff check .
 
 demo: $(STAMP)
-	$(VPY) -m samdetr.demo
+	$(VPY) -m samdetr.demo --data ../shared/data/coco128-dev
 
 bench: $(STAMP)
 	$(VPY) bench/model_step.py

@@ -21,7 +21,10 @@ MODELS = {
     "baseline": dict(decoder="baseline", smca=False),
 }
 # The official implementation on this machine (issue #2), for the same step.
-OFFICIAL = {"sam": {"step_s": 13.6, "peak_rss_gib": 3.0}, "smca": {"step_s": 15.2, "peak_rss_gib": 3.4}}
+OFFICIAL = {
+    "sam": {"step_s": 13.6, "peak_rss_gib": 3.0},
+    "smca": {"step_s": 15.2, "peak_rss_gib": 3.4},
+}
 
 
 def run_one(name: str, steps: int, threads: int) -> dict:
@@ -54,9 +57,14 @@ def run_one(name: str, steps: int, threads: int) -> dict:
         times.append(time.perf_counter() - start)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step = sorted(times[1:])[len(times[1:]) // 2]
-    result = {"model": name, "step_s": round(step, 3), "steps": steps,
-              "all_step_s": [round(t, 3) for t in times],
-              "peak_rss_gib": round(peak_kib / 2**20, 3), "threads": threads}
+    result = {
+        "model": name,
+        "step_s": round(step, 3),
+        "steps": steps,
+        "all_step_s": [round(t, 3) for t in times],
+        "peak_rss_gib": round(peak_kib / 2**20, 3),
+        "threads": threads,
+    }
     if name in OFFICIAL:
         result["official_step_s"] = OFFICIAL[name]["step_s"]
         result["ratio_to_official"] = round(step / OFFICIAL[name]["step_s"], 3)
@@ -76,15 +84,32 @@ def main() -> None:
         return
     results = []
     for name in args.models:
-        cmd = [sys.executable, __file__, "--one", name, "--steps", str(args.steps),
-               "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+        ]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr)
     import torch
 
-    print(json.dumps({"torch": torch.__version__, "batch": [2, 3, 512, 512], "queries": 300,
-                      "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "batch": [2, 3, 512, 512],
+                "queries": 300,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,15 @@ from torch import Tensor, nn
 from samdetr.mlp import MLP
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
-           bias: Tensor | None, dropout: float, scale: float) -> Tensor:
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None,
+    bias: Tensor | None,
+    dropout: float,
+    scale: float,
+) -> Tensor:
     """Scaled dot-product attention over prepared heads.
 
     Args:
@@ -111,8 +118,15 @@ class SalientPointCrossAttention(_CrossAttention):
     D-wide key; values are split into M heads of D / M. Logits are scaled by 1 / sqrt(D).
     """
 
-    def forward(self, content: Tensor, point_pos: Tensor, memory: Tensor, memory_pos: Tensor,
-                key_padding_mask: Tensor | None, bias: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        content: Tensor,
+        point_pos: Tensor,
+        memory: Tensor,
+        memory_pos: Tensor,
+        key_padding_mask: Tensor | None,
+        bias: Tensor | None = None,
+    ) -> Tensor:
         """
         Args:
             content, point_pos: (B, Q, M, D) sampled content and weighted point embeddings.
@@ -135,8 +149,14 @@ class ConditionalCrossAttention(_CrossAttention):
     The query is ``Wqc tgt + MLP(sine(reference centre))``; no semantics aligner.
     """
 
-    def forward(self, tgt: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor,
-                key_padding_mask: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        memory: Tensor,
+        memory_pos: Tensor,
+        key_padding_mask: Tensor | None,
+    ) -> Tensor:
         """tgt, query_pos: (B, Q, D); memory, memory_pos: (B, S, D) -> (B, Q, D)."""
         h = self.num_heads
         q = _heads(self.q_content(tgt) + self.q_pos(query_pos), h)
@@ -147,8 +167,9 @@ class ConditionalCrossAttention(_CrossAttention):
         return self.out_proj(_merge(attend(q, k, values, key_padding_mask, None, dropout, scale)))
 
 
-def smca_gaussian_bias(points: Tensor, scales: Tensor, spatial_shape: tuple[int, int],
-                       valid_ratio: Tensor, beta: float) -> Tensor:
+def smca_gaussian_bias(
+    points: Tensor, scales: Tensor, spatial_shape: tuple[int, int], valid_ratio: Tensor, beta: float
+) -> Tensor:
     """SMCA logit bias around each head's salient point.
 
     ``-(sx^2 dx^2 + sy^2 dy^2) / beta`` with (dx, dy) the distance in feature pixels from the

@@ -36,7 +36,7 @@ def pad_images(images: Sequence[Tensor], size_divisibility: int = 1) -> tuple[Te
     first = images[0]
     batch = first.new_zeros(len(images), first.shape[0], height, width)
     mask = torch.ones(len(images), height, width, dtype=torch.bool, device=first.device)
-    for img, slot, valid in zip(images, batch, mask):
+    for img, slot, valid in zip(images, batch, mask, strict=True):
         slot[:, : img.shape[1], : img.shape[2]].copy_(img)
         valid[: img.shape[1], : img.shape[2]] = False
     return batch, mask

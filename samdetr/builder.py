@@ -36,14 +36,27 @@ def build_decoder_layer(cfg: ModelConfig) -> nn.Module:
     self_attn = ConditionalSelfAttention(d, cfg.num_heads, cfg.dropout)
     if cfg.decoder == "baseline":
         cross = ConditionalCrossAttention(d, cfg.num_heads, cfg.dropout)
-        return BaselineDecoderLayer(self_attn, cross, d, cfg.dim_feedforward, cfg.dropout,
-                                    cfg.point_embed_grad)
-    aligner = SemanticAligner(d, cfg.num_salient_points, predict_scales=cfg.smca,
-                              roi_size=cfg.roi_size, point_embed_grad=cfg.point_embed_grad)
+        return BaselineDecoderLayer(
+            self_attn, cross, d, cfg.dim_feedforward, cfg.dropout, cfg.point_embed_grad
+        )
+    aligner = SemanticAligner(
+        d,
+        cfg.num_salient_points,
+        predict_scales=cfg.smca,
+        roi_size=cfg.roi_size,
+        point_embed_grad=cfg.point_embed_grad,
+    )
     cross = SalientPointCrossAttention(d, cfg.num_salient_points, cfg.dropout)
-    return SAMDecoderLayer(self_attn, aligner, cross, d, cfg.dim_feedforward, cfg.dropout,
-                           smca_beta=cfg.smca_beta if cfg.smca else None,
-                           point_embed_grad=cfg.point_embed_grad)
+    return SAMDecoderLayer(
+        self_attn,
+        aligner,
+        cross,
+        d,
+        cfg.dim_feedforward,
+        cfg.dropout,
+        smca_beta=cfg.smca_beta if cfg.smca else None,
+        point_embed_grad=cfg.point_embed_grad,
+    )
 
 
 def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = False) -> SAMDETR:
@@ -70,7 +83,9 @@ def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = Fa
     decoder = TransformerDecoder(build_decoder_layer(cfg), cfg.num_decoder_layers, box_heads)
     transformer = Transformer(encoder, decoder)
     transformer.reset_parameters()
-    class_heads = nn.ModuleList(nn.Linear(d, cfg.num_classes) for _ in range(cfg.num_decoder_layers))
+    class_heads = nn.ModuleList(
+        nn.Linear(d, cfg.num_classes) for _ in range(cfg.num_decoder_layers)
+    )
     model = SAMDETR(
         backbone=backbone,
         position_encoding=PositionEmbeddingSine(d // 2),
@@ -94,9 +109,19 @@ def build_criterion(config: DetectorConfig) -> SetCriterion:
     if not isinstance(config, DetectorConfig):
         raise TypeError(f"expected DetectorConfig, got {type(config).__name__}")
     loss = config.loss
-    matcher = HungarianMatcher(cost_class=loss.cost_class, cost_bbox=loss.cost_bbox,
-                               cost_giou=loss.cost_giou, focal_alpha=loss.focal_alpha,
-                               focal_gamma=loss.focal_gamma)
-    return SetCriterion(matcher, config.model.num_classes, weight_class=loss.loss_class,
-                        weight_bbox=loss.loss_bbox, weight_giou=loss.loss_giou,
-                        focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)
+    matcher = HungarianMatcher(
+        cost_class=loss.cost_class,
+        cost_bbox=loss.cost_bbox,
+        cost_giou=loss.cost_giou,
+        focal_alpha=loss.focal_alpha,
+        focal_gamma=loss.focal_gamma,
+    )
+    return SetCriterion(
+        matcher,
+        config.model.num_classes,
+        weight_class=loss.loss_class,
+        weight_bbox=loss.loss_bbox,
+        weight_giou=loss.loss_giou,
+        focal_alpha=loss.focal_alpha,
+        focal_gamma=loss.focal_gamma,
+    )

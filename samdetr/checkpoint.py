@@ -22,8 +22,9 @@ FORMAT = "samdetr-checkpoint"
 VERSION = 1
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, config: DetectorConfig,
-                    **extra: Any) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, config: DetectorConfig, **extra: Any
+) -> Path:
     """Write ``model``'s weights, ``config`` and ``extra`` entries (e.g. ``optimizer``,
     ``epoch``) to ``path`` atomically: a crash mid-write never leaves a truncated file.
 
@@ -72,12 +73,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "samdetr.official.load_official)"
         )
     if payload.get("version") != VERSION:
-        raise ValueError(f"{path} has checkpoint version {payload.get('version')}, expected {VERSION}")
+        raise ValueError(
+            f"{path} has checkpoint version {payload.get('version')}, expected {VERSION}"
+        )
     return payload
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    ) -> tuple[SAMDETR, DetectorConfig, dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+) -> tuple[SAMDETR, DetectorConfig, dict[str, Any]]:
     """Rebuild the model from a checkpoint: ``(model, config, extra entries)``."""
     payload = read_checkpoint(path, map_location)
     config = DetectorConfig.from_dict(payload["config"])

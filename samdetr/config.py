@@ -28,7 +28,9 @@ def _from_dict(cls: type[T], data: Any, where: str) -> T:
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+        raise TypeError(
+            f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -57,7 +59,9 @@ class BackboneConfig:
     weights: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.name in BACKBONES, f"backbone.name must be one of {BACKBONES}, got {self.name!r}")
+        _check(
+            self.name in BACKBONES, f"backbone.name must be one of {BACKBONES}, got {self.name!r}"
+        )
         _check(
             not (self.dilation and self.name in ("resnet18", "resnet34")),
             f"backbone.dilation (DC5) needs a bottleneck ResNet (resnet50/101), not {self.name}",
@@ -96,8 +100,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         positive = (
-            "hidden_dim", "num_heads", "num_salient_points", "num_encoder_layers",
-            "num_decoder_layers", "dim_feedforward", "num_queries", "num_classes", "roi_size",
+            "hidden_dim",
+            "num_heads",
+            "num_salient_points",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "dim_feedforward",
+            "num_queries",
+            "num_classes",
+            "roi_size",
         )
         for name in positive:
             value = getattr(self, name)
@@ -105,11 +116,16 @@ class ModelConfig:
                 isinstance(value, int) and not isinstance(value, bool) and value > 0,
                 f"model.{name} must be a positive integer, got {value!r}",
             )
-        _check(self.decoder in DECODERS, f"model.decoder must be one of {DECODERS}, got {self.decoder!r}")
+        _check(
+            self.decoder in DECODERS,
+            f"model.decoder must be one of {DECODERS}, got {self.decoder!r}",
+        )
         d = self.hidden_dim
         # Sine embeddings give D/2 features per axis as (sin, cos) pairs.
         _check(d % 4 == 0, f"model.hidden_dim must be a multiple of 4, got {d}")
-        _check(d % self.num_heads == 0, f"model.num_heads={self.num_heads} must divide hidden_dim={d}")
+        _check(
+            d % self.num_heads == 0, f"model.num_heads={self.num_heads} must divide hidden_dim={d}"
+        )
         _check(
             d % self.num_salient_points == 0,
             f"model.num_salient_points={self.num_salient_points} must divide hidden_dim={d} "
@@ -150,15 +166,20 @@ class LossConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             _check(
-                isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value) and value >= 0,
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value >= 0,
                 f"loss.{f.name} must be a finite number >= 0, got {value!r}",
             )
         _check(
             self.cost_class + self.cost_bbox + self.cost_giou > 0,
             "loss: at least one matching cost must be positive",
         )
-        _check(0.0 <= self.focal_alpha <= 1.0, f"loss.focal_alpha must be in [0, 1], got {self.focal_alpha}")
+        _check(
+            0.0 <= self.focal_alpha <= 1.0,
+            f"loss.focal_alpha must be in [0, 1], got {self.focal_alpha}",
+        )
 
 
 @dataclass(frozen=True)

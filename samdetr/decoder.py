@@ -21,8 +21,14 @@ from samdetr.semantic_aligner import SemanticAligner
 class _DecoderLayer(nn.Module):
     """Self-attention and FFN blocks shared by both decoder layers (post-norm)."""
 
-    def __init__(self, self_attn: ConditionalSelfAttention, d_model: int, dim_feedforward: int,
-                 dropout: float, point_embed_grad: bool):
+    def __init__(
+        self,
+        self_attn: ConditionalSelfAttention,
+        d_model: int,
+        dim_feedforward: int,
+        dropout: float,
+        point_embed_grad: bool,
+    ):
         super().__init__()
         self.point_embed_grad = point_embed_grad
         self.self_attn = self_attn
@@ -57,9 +63,17 @@ class SAMDecoderLayer(_DecoderLayer):
         smca_beta: if given, add the SMCA Gaussian bias (the aligner must predict scales).
     """
 
-    def __init__(self, self_attn: ConditionalSelfAttention, aligner: SemanticAligner,
-                 cross_attn: SalientPointCrossAttention, d_model: int, dim_feedforward: int,
-                 dropout: float, smca_beta: float | None = None, point_embed_grad: bool = False):
+    def __init__(
+        self,
+        self_attn: ConditionalSelfAttention,
+        aligner: SemanticAligner,
+        cross_attn: SalientPointCrossAttention,
+        d_model: int,
+        dim_feedforward: int,
+        dropout: float,
+        smca_beta: float | None = None,
+        point_embed_grad: bool = False,
+    ):
         super().__init__(self_attn, d_model, dim_feedforward, dropout, point_embed_grad)
         if (smca_beta is not None) != aligner.predict_scales:
             raise ValueError("SMCA needs an aligner that predicts scales, and only then")
@@ -67,9 +81,16 @@ class SAMDecoderLayer(_DecoderLayer):
         self.cross_attn = cross_attn
         self.smca_beta = smca_beta
 
-    def forward(self, tgt: Tensor, memory: Tensor, memory_2d: Tensor, memory_pos: Tensor,
-                key_padding_mask: Tensor, ref_boxes: Tensor, valid_ratio: Tensor,
-                ) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        memory_2d: Tensor,
+        memory_pos: Tensor,
+        key_padding_mask: Tensor,
+        ref_boxes: Tensor,
+        valid_ratio: Tensor,
+    ) -> tuple[Tensor, Tensor]:
         """
         Args:
             tgt: (B, Q, D) query content; memory, memory_pos: (B, S, D); memory_2d: (B, D, H, W)
@@ -83,10 +104,16 @@ class SAMDecoderLayer(_DecoderLayer):
         aligned = self.aligner(tgt, memory_2d, ref_boxes, valid_ratio)
         bias = None
         if self.smca_beta is not None:
-            bias = smca_gaussian_bias(aligned["points"], aligned["scales"],
-                                      tuple(memory_2d.shape[-2:]), valid_ratio, self.smca_beta)
-        attended = self.cross_attn(aligned["content"], aligned["pos"], memory, memory_pos,
-                                   key_padding_mask, bias)
+            bias = smca_gaussian_bias(
+                aligned["points"],
+                aligned["scales"],
+                tuple(memory_2d.shape[-2:]),
+                valid_ratio,
+                self.smca_beta,
+            )
+        attended = self.cross_attn(
+            aligned["content"], aligned["pos"], memory, memory_pos, key_padding_mask, bias
+        )
         tgt = self.norm2(tgt + self.dropout2(attended))
         return self.ffn_block(tgt), aligned["points"]
 
@@ -94,14 +121,28 @@ class SAMDecoderLayer(_DecoderLayer):
 class BaselineDecoderLayer(_DecoderLayer):
     """The same decoder layer without the Semantics Aligner (conditional cross-attention)."""
 
-    def __init__(self, self_attn: ConditionalSelfAttention, cross_attn: ConditionalCrossAttention,
-                 d_model: int, dim_feedforward: int, dropout: float, point_embed_grad: bool = False):
+    def __init__(
+        self,
+        self_attn: ConditionalSelfAttention,
+        cross_attn: ConditionalCrossAttention,
+        d_model: int,
+        dim_feedforward: int,
+        dropout: float,
+        point_embed_grad: bool = False,
+    ):
         super().__init__(self_attn, d_model, dim_feedforward, dropout, point_embed_grad)
         self.cross_attn = cross_attn
 
-    def forward(self, tgt: Tensor, memory: Tensor, memory_2d: Tensor, memory_pos: Tensor,
-                key_padding_mask: Tensor, ref_boxes: Tensor, valid_ratio: Tensor,
-                ) -> tuple[Tensor, None]:
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        memory_2d: Tensor,
+        memory_pos: Tensor,
+        key_padding_mask: Tensor,
+        ref_boxes: Tensor,
+        valid_ratio: Tensor,
+    ) -> tuple[Tensor, None]:
         """Arguments as :meth:`SAMDecoderLayer.forward`; returns tgt (B, Q, D) and None."""
         centre_pos = self.centre_embedding(ref_boxes, tgt.shape[-1])
         tgt = self.self_attention_block(tgt, centre_pos)
@@ -127,13 +168,20 @@ class TransformerDecoder(nn.Module):
     def __init__(self, layer: nn.Module, num_layers: int, box_heads: nn.ModuleList):
         super().__init__()
         if len(box_heads) != num_layers:
-            raise ValueError(f"need one box head per decoder layer: {len(box_heads)} != {num_layers}")
+            raise ValueError(
+                f"need one box head per decoder layer: {len(box_heads)} != {num_layers}"
+            )
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.box_heads = box_heads
 
-    def forward(self, memory: Tensor, memory_pos: Tensor, key_padding_mask: Tensor,
-                spatial_shape: tuple[int, int], ref_table: Tensor,
-                ) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+    def forward(
+        self,
+        memory: Tensor,
+        memory_pos: Tensor,
+        key_padding_mask: Tensor,
+        spatial_shape: tuple[int, int],
+        ref_table: Tensor,
+    ) -> tuple[Tensor, Tensor, list[Tensor | None]]:
         """
         Args:
             memory, memory_pos: (B, S, D) encoder output and image position encoding.
@@ -153,9 +201,10 @@ class TransformerDecoder(nn.Module):
         tgt = memory.new_zeros(b, ref_table.shape[0], d)
         ref = ref_table.sigmoid()[None].expand(b, -1, -1)
         hidden, boxes, points = [], [], []
-        for layer, box_head in zip(self.layers, self.box_heads):
-            tgt, layer_points = layer(tgt, memory, memory_2d, memory_pos, key_padding_mask, ref,
-                                      valid_ratio)
+        for layer, box_head in zip(self.layers, self.box_heads, strict=True):
+            tgt, layer_points = layer(
+                tgt, memory, memory_2d, memory_pos, key_padding_mask, ref, valid_ratio
+            )
             box = (inverse_sigmoid(ref) + box_head(tgt)).sigmoid()
             hidden.append(tgt)
             boxes.append(box)

@@ -6,11 +6,14 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from samdetr.backbone import Backbone
 from samdetr.batching import pad_images
 from samdetr.position_encoding import PositionEmbeddingSine
 from samdetr.transformer import Transformer
+
+_ALL_BACKENDS = [b for b in SDPBackend.__members__.values() if b != SDPBackend.ERROR]
 
 
 class SAMDETR(nn.Module):
@@ -26,9 +29,16 @@ class SAMDETR(nn.Module):
         aux_loss: also return the predictions of the earlier decoder layers.
     """
 
-    def __init__(self, backbone: Backbone, position_encoding: PositionEmbeddingSine,
-                 input_proj: nn.Module, transformer: Transformer, class_heads: nn.ModuleList,
-                 num_queries: int, aux_loss: bool = True):
+    def __init__(
+        self,
+        backbone: Backbone,
+        position_encoding: PositionEmbeddingSine,
+        input_proj: nn.Module,
+        transformer: Transformer,
+        class_heads: nn.ModuleList,
+        num_queries: int,
+        aux_loss: bool = True,
+    ):
         super().__init__()
         self.backbone = backbone
         self.position_encoding = position_encoding
@@ -67,8 +77,9 @@ class SAMDETR(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         if mask is None:
-            mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool,
-                               device=images.device)
+            mask = torch.zeros(
+                images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device
+            )
         elif mask.shape != (images.shape[0], *images.shape[-2:]) or mask.dtype != torch.bool:
             raise ValueError(
                 f"mask must be bool (B, H, W) = {(images.shape[0], *images.shape[-2:])}, "
@@ -77,12 +88,20 @@ class SAMDETR(nn.Module):
         features, feature_mask = self.backbone(images, mask)
         pos = self.position_encoding(feature_mask).to(features.dtype)
         src = self.input_proj(features)
-        hidden, boxes, points = self.transformer(src, feature_mask, pos, self.reference_boxes.weight)
-        logits = torch.stack([head(h) for head, h in zip(self.class_heads, hidden)])
+        # PyTorch's fused CPU flash-attention backward returned NaN gradients once softmax
+        # saturated (seen in `make demo` with torch 2.14.1); the plain kernel stays finite.
+        # The attention is a small share of the step on CPU, so use it there.
+        backends = [SDPBackend.MATH] if images.device.type == "cpu" else _ALL_BACKENDS
+        with sdpa_kernel(backends):
+            hidden, boxes, points = self.transformer(
+                src, feature_mask, pos, self.reference_boxes.weight
+            )
+        logits = torch.stack([head(h) for head, h in zip(self.class_heads, hidden, strict=True)])
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [
-                {"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])
+                {"pred_logits": lg, "pred_boxes": bx}
+                for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
             ]
         if points[-1] is not None:
             out["salient_points"] = points[-1]

@@ -69,8 +69,10 @@ def convert_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
     The ``transformer.decoder.bbox_embed.*`` aliases must equal ``bbox_embed.*`` and are
     dropped. Unknown names raise ``ValueError`` (nothing is silently ignored).
     """
-    if any(k.startswith(("input_proj.1.", "input_proj.2.")) or k == "transformer.level_embed"
-           for k in official):
+    if any(
+        k.startswith(("input_proj.1.", "input_proj.2.")) or k == "transformer.level_embed"
+        for k in official
+    ):
         raise ValueError("multi-scale SAM-DETR checkpoints (deformable encoder) are not supported")
     converted: dict[str, Tensor] = {}
     unknown = []
@@ -84,7 +86,9 @@ def convert_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
         layer = _DECODER_LAYER.match(name)
         if layer:
             index, module, rest = layer.groups()
-            converted[f"transformer.decoder.layers.{index}.{_DECODER_LAYER_NAMES[module]}.{rest}"] = tensor
+            converted[
+                f"transformer.decoder.layers.{index}.{_DECODER_LAYER_NAMES[module]}.{rest}"
+            ] = tensor
             continue
         for pattern, replacement in _PREFIXES:
             if pattern.match(name):
@@ -102,8 +106,9 @@ def _count(state: dict[str, Tensor], pattern: str) -> int:
     return len(found)
 
 
-def infer_config(official: dict[str, Tensor], args: dict[str, Any] | None = None,
-                 **overrides: Any) -> DetectorConfig:
+def infer_config(
+    official: dict[str, Tensor], args: dict[str, Any] | None = None, **overrides: Any
+) -> DetectorConfig:
     """Infer the detector config from official tensors (and ``args`` where tensors are silent).
 
     ``overrides`` are ModelConfig fields (``dilation`` goes to the backbone) that win over both.
@@ -120,7 +125,9 @@ def infer_config(official: dict[str, Tensor], args: dict[str, Any] | None = None
     except KeyError as err:
         raise ValueError(f"not an official SAM-DETR state dict: missing {err}") from err
     if head_out not in (2 * num_points, 4 * num_points):
-        raise ValueError(f"salient-point head emits {head_out} values; expected 2M or 4M, M={num_points}")
+        raise ValueError(
+            f"salient-point head emits {head_out} values; expected 2M or 4M, M={num_points}"
+        )
     bottleneck = "backbone.0.body.layer1.0.conv3.weight" in official
     layer3_blocks = _count(official, r"^backbone\.0\.body\.layer3\.(\d+)\.")
     if bottleneck:
@@ -128,11 +135,16 @@ def infer_config(official: dict[str, Tensor], args: dict[str, Any] | None = None
     else:
         name = {2: "resnet18", 6: "resnet34"}.get(layer3_blocks)
     if name is None or (channels == 2048) != bottleneck:
-        raise ValueError(f"unrecognised ResNet in the checkpoint (layer3 has {layer3_blocks} blocks)")
+        raise ValueError(
+            f"unrecognised ResNet in the checkpoint (layer3 has {layer3_blocks} blocks)"
+        )
     dilation = overrides.pop("dilation", args.get("dilation", False))
     fields = dict(
-        backbone=BackboneConfig(name=name, dilation=bool(dilation),
-                                train_backbone=float(args.get("lr_backbone", 1e-5)) > 0),
+        backbone=BackboneConfig(
+            name=name,
+            dilation=bool(dilation),
+            train_backbone=float(args.get("lr_backbone", 1e-5)) > 0,
+        ),
         hidden_dim=d,
         # The official code ties the self-attention heads to the salient points.
         num_heads=int(args.get("nheads", num_points)),
@@ -162,7 +174,9 @@ def read_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[
         except Exception as err:  # torch raises UnpicklingError and friends
             raise ValueError(f"{path} is not a safely loadable checkpoint: {err}") from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise ValueError(f"{path} has no 'model' state dict; is it an official SAM-DETR checkpoint?")
+        raise ValueError(
+            f"{path} has no 'model' state dict; is it an official SAM-DETR checkpoint?"
+        )
     args = ckpt.get("args")
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
     return ckpt["model"], args
@@ -174,8 +188,9 @@ def load_official(path: str | Path, **overrides: Any) -> tuple[SAMDETR, Detector
     return model_from_official_state(official, args, **overrides)
 
 
-def model_from_official_state(official: dict[str, Tensor], args: dict[str, Any] | None = None,
-                              **overrides: Any) -> tuple[SAMDETR, DetectorConfig]:
+def model_from_official_state(
+    official: dict[str, Tensor], args: dict[str, Any] | None = None, **overrides: Any
+) -> tuple[SAMDETR, DetectorConfig]:
     """As :func:`load_official`, from an in-memory official state dict."""
     config = infer_config(official, args, **overrides)
     model = build_model(config)

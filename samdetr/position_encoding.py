@@ -26,8 +26,13 @@ class PositionEmbeddingSine(nn.Module):
     ``last + 0.5`` so both image edges map inside (0, scale).
     """
 
-    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0,
-                 scale: float = 2 * math.pi, eps: float = 1e-6):
+    def __init__(
+        self,
+        num_pos_feats: int = 128,
+        temperature: float = 10000.0,
+        scale: float = 2 * math.pi,
+        eps: float = 1e-6,
+    ):
         super().__init__()
         if num_pos_feats % 2:
             raise ValueError(f"num_pos_feats must be even, got {num_pos_feats}")
@@ -49,8 +54,9 @@ class PositionEmbeddingSine(nn.Module):
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
 
 
-def sine_embed_points(points: Tensor, dim: int, temperature: float = 10000.0,
-                      scale: float = 2 * math.pi) -> Tensor:
+def sine_embed_points(
+    points: Tensor, dim: int, temperature: float = 10000.0, scale: float = 2 * math.pi
+) -> Tensor:
     """Sine embedding of normalised points.
 
     Args:

@@ -27,8 +27,14 @@ class SemanticAligner(nn.Module):
             (the official code computes them without gradient).
     """
 
-    def __init__(self, d_model: int, num_points: int, predict_scales: bool, roi_size: int = 7,
-                 point_embed_grad: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        num_points: int,
+        predict_scales: bool,
+        roi_size: int = 7,
+        point_embed_grad: bool = False,
+    ):
         super().__init__()
         self.d_model = d_model
         self.num_points = num_points
@@ -40,9 +46,12 @@ class SemanticAligner(nn.Module):
         out = (4 if predict_scales else 2) * num_points
         # Indices 0, 2, 4, 6 hold the linear layers (ReLU between), as in the official layout.
         self.point_mlp = nn.Sequential(
-            nn.Linear(reduced * roi_size * roi_size, 256), nn.ReLU(),
-            nn.Linear(256, 512), nn.ReLU(),
-            nn.Linear(512, 512), nn.ReLU(),
+            nn.Linear(reduced * roi_size * roi_size, 256),
+            nn.ReLU(),
+            nn.Linear(256, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
             nn.Linear(512, out),
         )
         nn.init.zeros_(self.point_mlp[-1].weight)
@@ -50,8 +59,9 @@ class SemanticAligner(nn.Module):
         self.content_gate = nn.Linear(d_model, num_points * d_model)
         self.pos_gate = nn.Linear(d_model, num_points * d_model)
 
-    def forward(self, tgt: Tensor, memory_2d: Tensor, ref_boxes: Tensor,
-                valid_ratio: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, tgt: Tensor, memory_2d: Tensor, ref_boxes: Tensor, valid_ratio: Tensor
+    ) -> dict[str, Tensor]:
         """
         Args:
             tgt: (B, Q, D) query content after self-attention.
@@ -72,14 +82,21 @@ class SemanticAligner(nn.Module):
         rois = torch.cat([batch_index[:, None], boxes.reshape(b * q, 4)], dim=1)
         # One RoIAlign serves both the point head and the sampling (the official code ran two
         # identical ones); its backward is a large share of the step time.
-        roi = roi_align(memory_2d, rois.to(memory_2d.dtype), output_size=self.roi_size,
-                        spatial_scale=1.0, aligned=True)  # (B*Q, D, r, r)
+        roi = roi_align(
+            memory_2d,
+            rois.to(memory_2d.dtype),
+            output_size=self.roi_size,
+            spatial_scale=1.0,
+            aligned=True,
+        )  # (B*Q, D, r, r)
 
         raw = self.point_mlp(F.relu(self.point_conv(roi)).flatten(1))
         offsets = raw[:, : 2 * m].tanh().view(b * q, 1, m, 2)  # (x, y) in [-1, 1] of the RoI
-        scales = raw[:, 2 * m:].view(b, q, m, 2) if self.predict_scales else None
+        scales = raw[:, 2 * m :].view(b, q, m, 2) if self.predict_scales else None
 
-        sampled = F.grid_sample(roi, offsets.to(roi.dtype), padding_mode="zeros", align_corners=False)
+        sampled = F.grid_sample(
+            roi, offsets.to(roi.dtype), padding_mode="zeros", align_corners=False
+        )
         content = sampled.view(b, q, d, m).transpose(2, 3)  # (B, Q, M, D)
         content = content * self.content_gate(tgt).view(b, q, m, d).sigmoid()
 

@@ -30,8 +30,13 @@ class Transformer(nn.Module):
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, mask: Tensor, pos: Tensor, ref_table: Tensor,
-                ) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+    def forward(
+        self,
+        src: Tensor,
+        mask: Tensor,
+        pos: Tensor,
+        ref_table: Tensor,
+    ) -> tuple[Tensor, Tensor, list[Tensor | None]]:
         """
         Args:
             src: (B, D, H, W) projected features; mask: (B, H, W) bool, True on padding;

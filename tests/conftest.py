@@ -24,5 +24,5 @@ def official_tiny_dir() -> Path:
     """Weights, inputs and the official code's outputs for a small SAM-DETR (see its README)."""
     path = SHARED_DIR / "fixtures" / "official-tiny"
     if not (path / "weights.pt").is_file():
-        pytest.fail(f"official-tiny fixture not found at {path} (expected ../shared beside the repo)")
+        pytest.fail(f"official-tiny fixture missing at {path} (expected ../shared beside the repo)")
     return path

@@ -13,7 +13,7 @@ def official_state_dict(fixture_dir: Path, variant: str) -> dict[str, torch.Tens
     packed = torch.load(fixture_dir / "weights.pt", weights_only=True)
     base, own = packed["base"], packed[variant]
     state = {}
-    for name, q in base["int8"].items():
+    for name in base["int8"]:
         source = own if name in own["int8"] else base
         state[name] = source["int8"][name].float() * source["scale"][name]
     return state

@@ -62,7 +62,9 @@ def test_outputs_of_every_layer(converted, official_tiny_dir):
     assert_close(out["pred_logits"], ref["pred_logits"], rtol=1e-5, atol=5e-5)
     assert_close(out["pred_boxes"], ref["pred_boxes"], rtol=1e-5, atol=1e-5)
     assert len(out["aux_outputs"]) == len(ref["aux_pred_logits"]) == 1
-    for aux, logits, boxes in zip(out["aux_outputs"], ref["aux_pred_logits"], ref["aux_pred_boxes"]):
+    for aux, logits, boxes in zip(
+        out["aux_outputs"], ref["aux_pred_logits"], ref["aux_pred_boxes"], strict=True
+    ):
         assert_close(aux["pred_logits"], logits, rtol=1e-5, atol=5e-5)
         assert_close(aux["pred_boxes"], boxes, rtol=1e-5, atol=1e-5)
 
@@ -118,8 +120,13 @@ def test_gradients(converted, official_tiny_dir, dtype):
         rtol = 3e-2 if ill else 1e-4
         values = grad.flatten()[expected["index"]]
         scale = expected["values"].abs().max().item()
-        assert_close(values, expected["values"], rtol=rtol, atol=rtol * scale,
-                     msg=lambda m, n=official_name: f"{n}: {m}")
+        assert_close(
+            values,
+            expected["values"],
+            rtol=rtol,
+            atol=rtol * scale,
+            msg=lambda m, n=official_name: f"{n}: {m}",
+        )
         assert grad.norm().item() == pytest.approx(expected["norm"], rel=rtol), official_name
         checked += 1
     assert checked == (2 if dtype == torch.float64 else len(keys) - 2)

@@ -1,0 +1,57 @@
+"""Training signal end to end: a tiny model overfits one small batch within a few dozen steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from samdetr.builder import build_criterion, build_model
+from samdetr.config import BackboneConfig, DetectorConfig, ModelConfig
+
+
+def _tiny(decoder: str, smca: bool) -> DetectorConfig:
+    return DetectorConfig(
+        model=ModelConfig(
+            backbone=BackboneConfig(name="resnet18"),
+            hidden_dim=32,
+            num_heads=4,
+            num_salient_points=4,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            dim_feedforward=64,
+            num_queries=10,
+            num_classes=5,
+            dropout=0.0,
+            decoder=decoder,
+            smca=smca,
+        )
+    )
+
+
+@pytest.mark.parametrize("decoder,smca", [("sam", False), ("sam", True), ("baseline", False)])
+def test_overfits_one_batch(decoder, smca):
+    torch.manual_seed(0)
+    config = _tiny(decoder, smca)
+    model = build_model(config).train()
+    criterion = build_criterion(config)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    targets = [
+        {
+            "labels": torch.tensor([1, 3]),
+            "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]]),
+        },
+        {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])},
+    ]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(40):
+        losses = criterion(model(images), targets, num_boxes=3.0)
+        total = criterion.weighted_total(losses)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append(total.item())
+    assert all(torch.isfinite(torch.tensor(history)))
+    # Measured: 11.6 -> 6.2 for the SAM decoder; a broken gradient path stalls far above this.
+    assert sum(history[-5:]) / 5 < 0.7 * sum(history[:5]) / 5, history
