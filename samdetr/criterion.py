@@ -197,7 +197,8 @@ class SetCriterion(nn.Module):
         Returns:
             ``{"loss_ce", "loss_bbox", "loss_giou"}`` 0-dim tensors.
         """
-        logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        # Losses in float32 even under bf16/fp16 autocast: the focal terms need the precision.
+        logits, pred_boxes = outputs["pred_logits"].float(), outputs["pred_boxes"].float()
         if indices is None:
             indices = self.matcher(outputs, targets)
         batch_idx, query_idx, tgt_labels, tgt_boxes = _gather_matched(indices, targets, logits)
