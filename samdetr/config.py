@@ -23,6 +23,12 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _check_bools(obj: Any, prefix: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(isinstance(value, bool), f"{prefix}.{name} must be true or false, got {value!r}")
+
+
 def _from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields."""
     if isinstance(data, cls):
@@ -59,6 +65,7 @@ class BackboneConfig:
     weights: str | None = None
 
     def __post_init__(self) -> None:
+        _check_bools(self, "backbone", ("dilation", "train_backbone"))
         _check(
             self.name in BACKBONES, f"backbone.name must be one of {BACKBONES}, got {self.name!r}"
         )
@@ -99,6 +106,9 @@ class ModelConfig:
     aux_loss: bool = True  # predictions of every decoder layer
 
     def __post_init__(self) -> None:
+        _check_bools(
+            self, "model", ("smca", "input_proj_groupnorm", "point_embed_grad", "aux_loss")
+        )
         positive = (
             "hidden_dim",
             "num_heads",
@@ -136,7 +146,9 @@ class ModelConfig:
             f"model.input_proj_groupnorm uses GroupNorm(32, D): hidden_dim={d} must divide by 32",
         )
         _check(
-            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            isinstance(self.dropout, (int, float))
+            and not isinstance(self.dropout, bool)
+            and 0.0 <= self.dropout < 1.0,
             f"model.dropout must be in [0, 1), got {self.dropout!r}",
         )
         _check(
@@ -144,7 +156,9 @@ class ModelConfig:
             "model.smca needs decoder='sam': the Gaussian is centred on salient points",
         )
         _check(
-            isinstance(self.smca_beta, (int, float)) and self.smca_beta > 0,
+            isinstance(self.smca_beta, (int, float))
+            and not isinstance(self.smca_beta, bool)
+            and self.smca_beta > 0,
             f"model.smca_beta must be > 0, got {self.smca_beta!r}",
         )
 

@@ -18,9 +18,7 @@ class MLP(nn.Module):
             raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(
-            nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True)
-        )
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True))
 
     def forward(self, x: Tensor) -> Tensor:
         last = len(self.layers) - 1

@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_config
 
 from samdetr.builder import build_criterion, build_model
-from samdetr.config import BackboneConfig, DetectorConfig, ModelConfig
-
-
-def _tiny(decoder: str, smca: bool) -> DetectorConfig:
-    return DetectorConfig(
-        model=ModelConfig(
-            backbone=BackboneConfig(name="resnet18"),
-            hidden_dim=32,
-            num_heads=4,
-            num_salient_points=4,
-            num_encoder_layers=2,
-            num_decoder_layers=2,
-            dim_feedforward=64,
-            num_queries=10,
-            num_classes=5,
-            dropout=0.0,
-            decoder=decoder,
-            smca=smca,
-        )
-    )
 
 
 @pytest.mark.parametrize("decoder,smca", [("sam", False), ("sam", True), ("baseline", False)])
 def test_overfits_one_batch(decoder, smca):
     torch.manual_seed(0)
-    config = _tiny(decoder, smca)
+    config = tiny_config(decoder=decoder, smca=smca)
     model = build_model(config).train()
     criterion = build_criterion(config)
     generator = torch.Generator().manual_seed(0)
