@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import pytest
+import tiny
 import torch
 from torch import nn
 
 from samdetr.builder import build_model
 from samdetr.checkpoint import FORMAT, VERSION, load_checkpoint, read_checkpoint, save_checkpoint
-from samdetr.config import BackboneConfig, DetectorConfig, LossConfig, ModelConfig
+from samdetr.config import DetectorConfig, LossConfig
 
 
 def tiny_config(**changes) -> DetectorConfig:
-    fields = dict(
-        backbone=BackboneConfig(name="resnet18"),
-        hidden_dim=32,
-        num_heads=4,
-        num_salient_points=4,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-        dim_feedforward=64,
-        num_queries=10,
-        num_classes=7,
-    )
-    fields.update(changes)
-    return DetectorConfig(model=ModelConfig(**fields), loss=LossConfig(loss_giou=3.0))
+    # A non-default loss config too, so the round trip covers both halves of the config.
+    config = tiny.tiny_config(**{"num_classes": 7, **changes})
+    return dataclasses.replace(config, loss=LossConfig(loss_giou=3.0))
 
 
 VARIANTS = {

@@ -6,10 +6,11 @@ import argparse
 import re
 
 import pytest
+import tiny
 import torch
 
 from samdetr.builder import build_model
-from samdetr.config import BackboneConfig, DetectorConfig, ModelConfig
+from samdetr.config import BackboneConfig, DetectorConfig
 from samdetr.official import (
     convert_state_dict,
     infer_config,
@@ -86,20 +87,10 @@ def to_official(ours: dict[str, torch.Tensor], aliases: bool = True) -> dict[str
 
 
 def tiny_config(backbone: str = "resnet18", dilation: bool = False, **changes) -> DetectorConfig:
-    fields = dict(
-        backbone=BackboneConfig(name=backbone, dilation=dilation),
-        hidden_dim=32,
-        num_heads=4,
-        num_salient_points=4,
-        num_encoder_layers=2,
-        num_decoder_layers=3,
-        dim_feedforward=64,
-        dropout=0.1,
-        num_queries=12,
-        num_classes=9,
-    )
+    # 3 decoder layers, 12 queries and 9 classes: distinct counts for infer_config to recover.
+    fields = dict(num_decoder_layers=3, dropout=0.1, num_queries=12, num_classes=9)
     fields.update(changes)
-    return DetectorConfig(model=ModelConfig(**fields))
+    return tiny.tiny_config(backbone=BackboneConfig(name=backbone, dilation=dilation), **fields)
 
 
 def official_args(config: DetectorConfig) -> dict:
