@@ -1,0 +1,206 @@
+"""COCO-format data set -> Parquet shards + manifest, in parallel with Ray Data.
+
+    python -m pipelines.preprocess data=coco128 split=train output=/tmp/shards
+    python -m pipelines.preprocess data.annotations=s3://bucket/ann.json \
+        data.images=s3://bucket/images output=s3://bucket/shards/train
+
+Runs on the embedded local Ray by default and unchanged on a cluster (``ray_address=auto`` or
+``RAY_ADDRESS``, e.g. inside ``ray job submit``). The manifest is written last: a run that dies
+part-way leaves a folder without one, which readers refuse as incomplete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from samdetr.coco_rows import filesystem_reader, load_annotations, raise_on_rejects
+from samdetr.preprocessing import ShardTask, build_shard, combine, plan_tasks
+from samdetr.shards import MANIFEST_NAME, clear_manifest, resolve_fs, write_manifest
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Validated settings of one preprocessing run (paths may be local or pyarrow URIs)."""
+
+    annotations: str
+    images: str
+    output: str
+    split: str = "train"
+    shard_size_mb: float = 256.0
+    strict: bool = False  # any rejected image or box fails the run
+    prefer_exif: bool = True  # EXIF orientation when the annotation size cannot tell
+    overwrite: bool = False
+    ray_address: str | None = None  # None: embedded local Ray (or RAY_ADDRESS if set)
+
+    def __post_init__(self) -> None:
+        for name in ("annotations", "images", "output", "split"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"preprocess.{name} must be a non-empty string")
+        if not self.split.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"split must be letters, digits, '-' or '_', got {self.split!r}")
+        if not isinstance(self.shard_size_mb, (int, float)) or self.shard_size_mb <= 0:
+            raise ValueError(f"shard_size_mb must be > 0, got {self.shard_size_mb!r}")
+        for name in ("strict", "prefer_exif", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"preprocess.{name} must be true or false")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown preprocess settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def _encode_task(
+    batch: dict[str, Any],
+    images_uri: str,
+    output_uri: str,
+    categories: list[int],
+    prefer_exif: bool,
+) -> dict[str, Any]:
+    """Ray Data map_batches function: one shard per row (tasks travel as JSON strings)."""
+    fs_in, image_dir = resolve_fs(images_uri, None)
+    fs_out, shard_dir = resolve_fs(output_uri, None)
+    reader = filesystem_reader(fs_in, image_dir)
+    results = []
+    for payload in batch["task"]:
+        raw = json.loads(payload)
+        task = ShardTask(
+            raw["index"],
+            raw["file_name"],
+            tuple((info, tuple(anns)) for info, anns in raw["items"]),
+        )
+        result = build_shard(task, reader, set(categories), shard_dir, fs_out, prefer_exif)
+        results.append(json.dumps(result))
+    return {"result": results}
+
+
+def _file_sizes(fs: pafs.FileSystem, image_dir: str, names: list[str]) -> dict[str, int]:
+    infos = fs.get_file_info([f"{image_dir.rstrip('/')}/{n}" for n in names])
+    return {
+        n: (i.size or 0) if i.type == pafs.FileType.File else 0
+        for n, i in zip(names, infos, strict=True)
+    }
+
+
+def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
+    """Write the shards and the manifest; returns the manifest (with a ``summary``)."""
+    import ray  # heavy; imported only when a run starts
+
+    start = time.perf_counter()
+    fs_out, out_dir = resolve_fs(config.output, None)
+    manifest_path = f"{out_dir.rstrip('/')}/{MANIFEST_NAME}"
+    if fs_out.get_file_info(manifest_path).type != pafs.FileType.NotFound:
+        if not config.overwrite:
+            raise ValueError(
+                f"{config.output} already holds a shard set (manifest.json); "
+                "pass overwrite=true to replace it"
+            )
+        clear_manifest(out_dir, fs_out)  # from here on the folder no longer looks complete
+    fs_ann, ann_path = resolve_fs(config.annotations, None)
+    source = load_annotations(ann_path, fs_ann)
+    if config.strict:
+        raise_on_rejects(source.rejects, context=config.annotations)
+    fs_img, image_dir = resolve_fs(config.images, None)
+    sizes = _file_sizes(fs_img, image_dir, [info["file_name"] for info in source.images])
+    tasks = plan_tasks(source, sizes.__getitem__, config.split, int(config.shard_size_mb * 2**20))
+    fs_out.create_dir(out_dir, recursive=True)
+    images_uri = config.images if "://" in config.images else image_dir
+    output_uri = config.output if "://" in config.output else out_dir
+
+    if not ray.is_initialized():
+        ray.init(address=config.ray_address, log_to_driver=False)
+    payloads = [{"task": json.dumps(dataclasses.asdict(t))} for t in tasks]
+    results = []
+    if payloads:
+        dataset = ray.data.from_items(payloads, override_num_blocks=len(payloads))
+        encoded = dataset.map_batches(
+            _encode_task,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs=dict(
+                images_uri=images_uri,
+                output_uri=output_uri,
+                categories=sorted(source.category_ids),
+                prefer_exif=config.prefer_exif,
+            ),
+        )
+        results = [json.loads(r["result"]) for r in encoded.take_all()]
+    shards, rejects, counters = combine(results, source.rejects)
+    if config.strict and rejects:
+        for shard in shards:  # the run failed: leave no orphan shards behind
+            fs_out.delete_file(f"{out_dir.rstrip('/')}/{shard['file']}")
+        raise_on_rejects(rejects, context=config.images)
+    manifest = write_manifest(
+        out_dir,
+        fs=fs_out,
+        split=config.split,
+        shards=shards,
+        categories=source.categories,
+        num_classes=source.num_classes,
+        source_sha256=source.source_sha256,
+        config=dataclasses.asdict(config),
+        rejects=rejects,
+        counters=counters,
+    )
+    seconds = time.perf_counter() - start
+    manifest["summary"] = {
+        "images": counters.get("images", 0),
+        "images_kept": counters.get("images_kept", 0),
+        "images_rejected": counters.get("images_rejected", 0),
+        "boxes": counters.get("boxes", 0),
+        "boxes_rejected": len([r for r in rejects if r.get("kind") == "box"]),
+        "clipped_boxes": counters.get("clipped_boxes", 0),
+        "shards": len(shards),
+        "megabytes": round(sum(s["bytes"] for s in shards) / 2**20, 2),
+        "seconds": round(seconds, 2),
+    }
+    return manifest
+
+
+def format_summary(manifest: dict[str, Any]) -> str:
+    """A small table of what a run produced, for the end of the log."""
+    s = manifest["summary"]
+    rate = s["images"] / s["seconds"] if s["seconds"] else 0.0
+    lines = [
+        f"split {manifest['split']!r} -> {manifest['root']}",
+        f"  images   {s['images']:>8}   kept {s['images_kept']}, rejected {s['images_rejected']}",
+        f"  boxes    {s['boxes']:>8}   rejected {s['boxes_rejected']}, "
+        f"clipped {s['clipped_boxes']}",
+        f"  shards   {s['shards']:>8}   {s['megabytes']} MB, K = {manifest['num_classes']}",
+        f"  time     {s['seconds']:>8}s  ({rate:.1f} images/s)",
+    ]
+    if manifest["rejects"]:
+        lines.append(f"  rejects listed in {manifest['root']}/manifest.json, e.g.:")
+        lines += [
+            f"    {r.get('file_name') or r.get('image_id')}: {r['reason']}"
+            for r in manifest["rejects"][:5]
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="preprocess")
+    def _run(cfg: DictConfig) -> None:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        data = plain.pop("data")
+        plain["annotations"], plain["images"] = data["annotations"], data["images"]
+        manifest = run_preprocess(PreprocessConfig.from_dict(plain))
+        print(format_summary(manifest))
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""Parquet shards of :data:`samdetr.coco_rows.ROW_SCHEMA` rows, their manifest, and a Dataset.
+
+A shard set is a folder (local path or URI such as ``s3://bucket/coco/train``) holding
+``<split>-00000-of-00042.parquet`` ... and ``manifest.json``. The manifest is written LAST
+(locally: temp file + rename), so a folder without it is incomplete; :func:`clear_manifest`
+removes it before shards are rewritten. Manifest keys (``schema_version`` 1)::
+
+    schema_version, format ("samdetr-coco-parquet"), split, created_at (ISO-8601 UTC),
+    num_rows, num_boxes, num_classes (K = max category id + 1),
+    categories [{id, name, supercategory}], columns (ROW_SCHEMA column names),
+    shards [{file, rows, boxes, bytes, sha256}],  # file relative to the folder
+    source_sha256, config (plain dict), rejects [reject dicts, see samdetr.coco_rows],
+    counters {name: int}
+
+Parquet layout: zstd for the small columns, NO compression (and no dictionary / statistics)
+for ``image``: it holds already-compressed JPEG/PNG bytes that zstd cannot shrink. Row groups
+hold about ``row_group_bytes`` (16 MiB) so random access reads little.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from torch.utils.data import Dataset
+
+from samdetr.coco_rows import ROW_COLUMNS, ROW_SCHEMA
+
+__all__ = [
+    "MANIFEST_NAME",
+    "SCHEMA_VERSION",
+    "ShardDataset",
+    "clear_manifest",
+    "iter_rows",
+    "plan_shards",
+    "read_manifest",
+    "shard_file_name",
+    "verify_shards",
+    "write_manifest",
+    "write_shard",
+]
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+FORMAT_NAME = "samdetr-coco-parquet"
+DEFAULT_TARGET_BYTES = 256 * 2**20
+DEFAULT_ROW_GROUP_BYTES = 16 * 2**20
+_SHARD_KEYS = ("file", "rows", "boxes", "bytes", "sha256")
+
+
+def resolve_fs(path: str | os.PathLike[str], fs: pafs.FileSystem | None) -> tuple[Any, str]:
+    """``(filesystem, path)``: a URI (``s3://...``) is resolved by pyarrow, else local."""
+    path = os.fspath(path)
+    if fs is not None:
+        if not isinstance(fs, pafs.FileSystem):
+            raise TypeError(f"fs must be a pyarrow.fs.FileSystem, got {type(fs).__name__}")
+        return fs, path
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if base else name
+
+
+def _is_local(fs: pafs.FileSystem) -> bool:
+    if isinstance(fs, pafs.SubTreeFileSystem):
+        return _is_local(fs.base_fs)
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path``; atomically (temp + rename) on a local filesystem."""
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    if not _is_local(fs):  # object stores: a single PUT is already all-or-nothing
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+        raise
+
+
+def shard_file_name(split: str, index: int, count: int) -> str:
+    """``<split>-<index:05d>-of-<count:05d>.parquet`` (deterministic names)."""
+    if not split or "/" in split:
+        raise ValueError(f"split must be a non-empty name without '/', got {split!r}")
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} out of range for {count} shards")
+    return f"{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+def plan_shards(
+    row_sizes: Sequence[int], target_bytes: int = DEFAULT_TARGET_BYTES
+) -> list[list[int]]:
+    """Group row indices (kept in order) into consecutive shards of about ``target_bytes``.
+
+    Greedy: a shard is closed when adding the next row would pass the target, so every shard
+    but a single over-sized row stays within it. Deterministic; no empty shards.
+    """
+    if isinstance(target_bytes, bool) or not isinstance(target_bytes, int) or target_bytes <= 0:
+        raise ValueError(f"target_bytes must be a positive int, got {target_bytes!r}")
+    shards: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for i, row_size in enumerate(row_sizes):
+        if isinstance(row_size, bool) or not isinstance(row_size, int) or row_size < 0:
+            raise ValueError(f"row_sizes[{i}] must be a non-negative int, got {row_size!r}")
+        if current and size + row_size > target_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += row_size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _leaf_paths(name: str, typ: pa.DataType) -> list[str]:
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return _leaf_paths(f"{name}.list.{typ.value_field.name}", typ.value_type)
+    if pa.types.is_struct(typ):
+        return [p for f in typ for p in _leaf_paths(f"{name}.{f.name}", f.type)]
+    return [name]
+
+
+def write_shard(
+    table: pa.Table,
+    path: str | os.PathLike[str],
+    fs: pafs.FileSystem | None = None,
+    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+) -> dict[str, Any]:
+    """Write ``table`` (exactly ROW_SCHEMA) as one Parquet file.
+
+    Returns ``{"file": base name, "rows", "boxes", "bytes", "sha256"}`` for the manifest.
+    The file is built in memory, hashed and written (atomically on a local filesystem).
+    """
+    if not isinstance(table, pa.Table):
+        raise TypeError(f"write_shard expects a pyarrow.Table, got {type(table).__name__}")
+    if not table.schema.equals(ROW_SCHEMA):
+        raise ValueError(
+            f"table schema differs from ROW_SCHEMA (use coco_rows.rows_to_table):\n{table.schema}"
+        )
+    fs, path = resolve_fs(path, fs)
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    rows_per_group = max(1, min(table.num_rows, row_group_bytes // per_row))
+    compression = {p: "zstd" for f in ROW_SCHEMA for p in _leaf_paths(f.name, f.type)}
+    compression["image"] = "none"
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        row_group_size=rows_per_group,
+        compression=compression,
+        use_dictionary=["file_name", "mode"],
+        write_statistics=[c for c in compression if c != "image"],
+    )
+    data = sink.getvalue().to_pybytes()
+    _write_bytes(fs, path, data)
+    boxes = table.column("category_ids").combine_chunks()
+    return {
+        "file": path.rsplit("/", 1)[-1],
+        "rows": table.num_rows,
+        "boxes": len(boxes.values) if table.num_rows else 0,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def clear_manifest(shard_dir: str | os.PathLike[str], fs: pafs.FileSystem | None = None) -> bool:
+    """Delete ``manifest.json`` (call before (re)writing shards); True if one existed."""
+    fs, base = resolve_fs(shard_dir, fs)
+    path = _join(base, MANIFEST_NAME)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return False
+    fs.delete_file(path)
+    return True
+
+
+def write_manifest(
+    shard_dir: str | os.PathLike[str],
+    *,
+    split: str,
+    shards: Sequence[Mapping[str, Any]],
+    categories: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    source_sha256: str,
+    config: Mapping[str, Any],
+    rejects: Sequence[Mapping[str, Any]],
+    counters: Mapping[str, int],
+    fs: pafs.FileSystem | None = None,
+    created_at: str | None = None,
+) -> dict[str, Any]:
+    """Write ``manifest.json`` (call it LAST, after every shard) and return it.
+
+    ``shards``: :func:`write_shard` results in order. ``config``/``rejects``/``counters`` must
+    be JSON-serialisable. The returned dict also has ``"root"`` (the folder; not stored).
+    """
+    if not split or not isinstance(split, str):
+        raise ValueError(f"split must be a non-empty string, got {split!r}")
+    entries = []
+    for i, shard in enumerate(shards):
+        missing = [k for k in _SHARD_KEYS if k not in shard]
+        if missing:
+            raise ValueError(f"shards[{i}] lacks {missing} (pass write_shard's return values)")
+        entries.append({k: shard[k] for k in _SHARD_KEYS})
+    names = [e["file"] for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate shard file names: {names}")
+    cat_ids = [int(c["id"]) for c in categories]
+    if cat_ids and num_classes <= max(cat_ids):
+        raise ValueError(f"num_classes {num_classes} must exceed the largest category id")
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "format": FORMAT_NAME,
+        "split": split,
+        "created_at": created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_rows": sum(int(e["rows"]) for e in entries),
+        "num_boxes": sum(int(e["boxes"]) for e in entries),
+        "num_classes": int(num_classes),
+        "categories": [dict(c) for c in categories],
+        "columns": list(ROW_COLUMNS),
+        "shards": entries,
+        "source_sha256": source_sha256,
+        "config": dict(config),
+        "rejects": [dict(r) for r in rejects],
+        "counters": {str(k): int(v) for k, v in counters.items()},
+    }
+    try:
+        text = json.dumps(manifest, indent=1, sort_keys=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"manifest is not JSON-serialisable (check config/rejects): {exc}") from exc
+    fs, base = resolve_fs(shard_dir, fs)
+    _write_bytes(fs, _join(base, MANIFEST_NAME), text.encode())
+    manifest["root"] = os.fspath(shard_dir)
+    return manifest
+
+
+def read_manifest(
+    shard_dir: str | os.PathLike[str], fs: pafs.FileSystem | None = None
+) -> dict[str, Any]:
+    """Read a shard set's manifest; ValueError if absent (incomplete set) or malformed.
+
+    The result has an extra key ``"root"``: ``shard_dir`` as given (used to find the shards).
+    """
+    rfs, base = resolve_fs(shard_dir, fs)
+    path = _join(base, MANIFEST_NAME)
+    try:
+        with rfs.open_input_stream(path) as f:
+            raw = f.read()
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f"no manifest: the shard set is incomplete or still being written ({path} not found)"
+        ) from exc
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: manifest is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {manifest.get('schema_version')!r} unsupported "
+            f"(this code reads {SCHEMA_VERSION})"
+        )
+    manifest["root"] = os.fspath(shard_dir)
+    return manifest
+
+
+def _shard_paths(
+    manifest: Mapping[str, Any], fs: pafs.FileSystem | None, shard_dir: Any = None
+) -> tuple[pafs.FileSystem, list[str]]:
+    root = shard_dir if shard_dir is not None else manifest.get("root")
+    if root is None:
+        raise ValueError("manifest has no 'root'; use read_manifest or pass shard_dir")
+    rfs, base = resolve_fs(root, fs)
+    return rfs, [_join(base, s["file"]) for s in manifest["shards"]]
+
+
+def verify_shards(
+    manifest: Mapping[str, Any],
+    fs: pafs.FileSystem | None = None,
+    shard_dir: str | os.PathLike[str] | None = None,
+    check_sha256: bool = True,
+) -> None:
+    """Check every shard exists with the manifest's size (and sha256); ValueError listing all
+    problems otherwise. Shards are looked up in ``shard_dir`` or ``manifest["root"]``."""
+    rfs, paths = _shard_paths(manifest, fs, shard_dir)
+    problems = []
+    for entry, path in zip(manifest["shards"], paths, strict=True):
+        info = rfs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            problems.append(f"{entry['file']}: missing")
+            continue
+        if info.size != entry["bytes"]:
+            problems.append(f"{entry['file']}: {info.size} bytes, manifest says {entry['bytes']}")
+            continue
+        if check_sha256:
+            digest = hashlib.sha256()
+            with rfs.open_input_stream(path) as f:
+                while chunk := f.read(8 * 2**20):
+                    digest.update(chunk)
+            if digest.hexdigest() != entry["sha256"]:
+                problems.append(f"{entry['file']}: sha256 differs from the manifest")
+    if problems:
+        raise ValueError("shard verification failed: " + "; ".join(problems))
+
+
+def iter_rows(
+    manifest: Mapping[str, Any],
+    fs: pafs.FileSystem | None = None,
+    shard_dir: str | os.PathLike[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield every row as a dict of Python values, shard by shard, in stored (image-id) order.
+
+    ``boxes`` come as lists of [x, y, w, h] floats (float32 values), ``image`` as bytes.
+    """
+    rfs, paths = _shard_paths(manifest, fs, shard_dir)
+    for path in paths:
+        with rfs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                yield from pf.read_row_group(g, columns=columns).to_pylist()
+
+
+class ShardDataset(Dataset):
+    """Random access over a shard set's rows (index order = manifest order).
+
+    ``ds[i]`` is the row dict (Python types, see :func:`iter_rows`), or ``transform(row)``
+    when a transform is given (e.g. decoding + augmentation returning ``(image, target)``).
+    Row groups are read lazily and the last ``cache_row_groups`` are kept per process; a
+    sampler that visits shards in blocks reads each row group once. Picklable for workers.
+    """
+
+    def __init__(
+        self,
+        shard_dir_or_uri: str | os.PathLike[str],
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        fs: pafs.FileSystem | None = None,
+        cache_row_groups: int = 4,
+    ) -> None:
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        if cache_row_groups < 1:
+            raise ValueError(f"cache_row_groups must be >= 1, got {cache_row_groups}")
+        self.manifest = read_manifest(shard_dir_or_uri, fs)
+        self.transform = transform
+        self.cache_row_groups = cache_row_groups
+        self._fs, self._paths = _shard_paths(self.manifest, fs)
+        # (start row, shard, row group) for every row group, from the Parquet footers.
+        self._groups: list[tuple[int, int, int]] = []
+        start = 0
+        for s, (path, entry) in enumerate(zip(self._paths, self.manifest["shards"], strict=True)):
+            with self._fs.open_input_file(path) as f:
+                meta = pq.ParquetFile(f).metadata
+            if meta.num_rows != entry["rows"]:
+                raise ValueError(
+                    f"{entry['file']}: {meta.num_rows} rows, manifest says {entry['rows']}"
+                )
+            for g in range(meta.num_row_groups):
+                self._groups.append((start, s, g))
+                start += meta.row_group(g).num_rows
+        self._starts = [g[0] for g in self._groups]
+        self._len = start
+        self._cache: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()
+        return state
+
+    def _row_group(self, k: int) -> list[dict[str, Any]]:
+        rows = self._cache.get(k)
+        if rows is not None:
+            self._cache.move_to_end(k)
+            return rows
+        _, s, g = self._groups[k]
+        with self._fs.open_input_file(self._paths[s]) as f:
+            rows = pq.ParquetFile(f).read_row_group(g).to_pylist()
+        self._cache[k] = rows
+        while len(self._cache) > self.cache_row_groups:
+            self._cache.popitem(last=False)
+        return rows
+
+    def __getitem__(self, index: int) -> Any:
+        if isinstance(index, bool) or not isinstance(index, int):
+            try:
+                index = int(index)  # numpy / torch integer scalars
+            except (TypeError, ValueError):
+                raise TypeError(f"index must be an int, got {type(index).__name__}") from None
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError(f"index out of range for {self._len} rows")
+        k = bisect.bisect_right(self._starts, index) - 1
+        row = dict(self._row_group(k)[index - self._starts[k]])
+        return self.transform(row) if self.transform is not None else row
