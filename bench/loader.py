@@ -1,0 +1,190 @@
+"""Input-pipeline throughput: classic per-file loader vs this project's shard pipeline.
+
+Both produce the same thing from the same images: DETR's training augmentation (flip, then
+multi-scale resize 480..800 <= 1333 or resize-crop-resize) and an ImageNet-normalised float
+tensor with normalised cxcywh boxes, one image at a time, one thread, so images/s is per core.
+
+(a) classic: open each JPEG file, PIL decode, PIL flip/resize/crop, to_tensor + normalize
+    (what DETR's torchvision-style loader does);
+(b) shards: rows from the Parquet shards (ShardDataset), RowDecoder with samdetr.transforms.
+
+Also: preprocessing throughput (pipelines.preprocess on the local Ray) with 1 and 2 CPUs.
+
+    python bench/loader.py [--data ../shared/data/coco128-dev] [--epochs 2] [--copies 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from samdetr.coco_rows import load_annotations, local_reader
+from samdetr.loader import RowDecoder
+from samdetr.preprocessing import build_shard, combine, plan_tasks
+from samdetr.shards import ShardDataset, resolve_fs, write_manifest
+from samdetr.transforms import (
+    DEFAULT_SCALES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    resized_shape,
+    train_transforms,
+)
+
+
+def classic_sample(path: Path, boxes: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """DETR-style PIL augmentation of one file; returns the normalised image tensor."""
+    image = Image.open(path).convert("RGB")
+    boxes = boxes.clone()
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        boxes[:, [0, 2]] = image.width - boxes[:, [2, 0]]
+
+    def resize(img, bx, size, max_size):
+        w, h = resized_shape(img.width, img.height, size, max_size)
+        scale = torch.tensor([w / img.width, h / img.height] * 2)
+        return img.resize((w, h), Image.Resampling.BILINEAR), bx * scale
+
+    if rng.random() < 0.5:
+        image, boxes = resize(image, boxes, rng.choice(DEFAULT_SCALES), 1333)
+    else:
+        image, boxes = resize(image, boxes, rng.choice((400, 500, 600)), None)
+        cw = rng.randint(min(384, image.width), min(600, image.width))
+        ch = rng.randint(min(384, image.height), min(600, image.height))
+        top, left = rng.randint(0, image.height - ch), rng.randint(0, image.width - cw)
+        image = image.crop((left, top, left + cw, top + ch))
+        boxes = (boxes - torch.tensor([left, top, left, top])).clamp(min=0)
+        image, boxes = resize(image, boxes, rng.choice(DEFAULT_SCALES), 1333)
+    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def write_shards(data: Path, out: Path) -> Path:
+    source = load_annotations(data / "annotations.json")
+    fs, root = resolve_fs(out, None)
+    fs.create_dir(root, recursive=True)
+    sizes = {
+        i["file_name"]: (data / "images" / i["file_name"]).stat().st_size for i in source.images
+    }
+    tasks = plan_tasks(source, sizes.__getitem__, "train", 256 * 2**20)
+    results = [
+        build_shard(t, local_reader(data / "images"), source.category_ids, root, fs) for t in tasks
+    ]
+    shards, rejects, counters = combine(results, source.rejects)
+    write_manifest(
+        root,
+        fs=fs,
+        split="train",
+        shards=shards,
+        categories=source.categories,
+        num_classes=source.num_classes,
+        source_sha256=source.source_sha256,
+        config={},
+        rejects=rejects,
+        counters=counters,
+    )
+    return out
+
+
+def measure_loaders(data: Path, epochs: int) -> dict:
+    torch.set_num_threads(1)
+    source = load_annotations(data / "annotations.json")
+    files = [
+        (
+            data / "images" / info["file_name"],
+            torch.tensor([a["bbox"] for a in anns] or torch.zeros(0, 4).tolist()).reshape(-1, 4),
+        )
+        for info, anns in source.items()
+    ]
+    for _, boxes in files:
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+    rng = random.Random(0)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for path, boxes in files:
+            classic_sample(path, boxes, rng)
+    classic = epochs * len(files) / (time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shard_dir = write_shards(data, Path(tmp) / "shards")
+        decoder = RowDecoder(train_transforms(), seed=0)
+        dataset = ShardDataset(shard_dir, transform=decoder)
+        start = time.perf_counter()
+        for epoch in range(epochs):
+            decoder.set_epoch(epoch)
+            for i in range(len(dataset)):
+                dataset[i]
+        shards = epochs * len(dataset) / (time.perf_counter() - start)
+    return {
+        "classic_images_per_s_per_core": round(classic, 1),
+        "shards_images_per_s_per_core": round(shards, 1),
+        "speedup": round(shards / classic, 2),
+        "images": len(files),
+        "epochs": epochs,
+    }
+
+
+def preprocess_throughput(data: Path, cpus: int, copies: int) -> dict:
+    """pipelines.preprocess in a fresh process with a local Ray of ``cpus`` CPUs."""
+    code = f"""
+import json, os, sys, tempfile, time
+from pathlib import Path
+import ray
+from pipelines.preprocess import PreprocessConfig, run_preprocess
+data = Path({str(data)!r})
+coco = json.loads((data / "annotations.json").read_text())
+images, anns = [], []
+for c in range({copies}):  # the same files under new ids: a bigger data set of real JPEGs
+    images += [dict(i, id=i["id"] + c * 10**6) for i in coco["images"]]
+    anns += [dict(a, id=a["id"] + c * 10**7, image_id=a["image_id"] + c * 10**6)
+             for a in coco["annotations"]]
+tmp = Path(tempfile.mkdtemp())
+(tmp / "ann.json").write_text(json.dumps(dict(coco, images=images, annotations=anns)))
+ray.init(num_cpus={cpus}, include_dashboard=False, log_to_driver=False)
+config = PreprocessConfig(annotations=str(tmp / "ann.json"), images=str(data / "images"),
+                          output=str(tmp / "out"), shard_size_mb=8)
+start = time.perf_counter()
+manifest = run_preprocess(config)
+seconds = time.perf_counter() - start
+print(json.dumps({{"images": manifest["num_rows"], "seconds": round(seconds, 2)}}))
+"""
+    env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["cpus"] = cpus
+    result["images_per_s"] = round(result["images"] / result["seconds"], 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/coco128-dev"))
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--copies", type=int, default=4, help="coco128 repeated for preprocessing")
+    parser.add_argument("--skip-preprocess", action="store_true")
+    args = parser.parse_args()
+    report = {"loader": measure_loaders(args.data, args.epochs)}
+    print(json.dumps(report["loader"]), file=sys.stderr)
+    if not args.skip_preprocess:
+        report["preprocess"] = [preprocess_throughput(args.data, n, args.copies) for n in (1, 2)]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
