@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) bench/model_step.py
+	$(VPY) bench/loader.py
 
 # clean keeps the venv (slow to rebuild); distclean removes it too.
 clean:
