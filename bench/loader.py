@@ -31,8 +31,8 @@ from PIL import Image
 
 from samdetr.coco_rows import load_annotations, local_reader
 from samdetr.loader import RowDecoder
-from samdetr.preprocessing import build_shard, combine, plan_tasks
-from samdetr.shards import ShardDataset, resolve_fs, write_manifest
+from samdetr.preprocessing import write_shard_set
+from samdetr.shards import ShardDataset, resolve_fs
 from samdetr.transforms import (
     DEFAULT_SCALES,
     IMAGENET_MEAN,
@@ -71,26 +71,12 @@ def classic_sample(path: Path, boxes: torch.Tensor, rng: random.Random) -> torch
 def write_shards(data: Path, out: Path) -> Path:
     source = load_annotations(data / "annotations.json")
     fs, root = resolve_fs(out, None)
-    fs.create_dir(root, recursive=True)
-    sizes = {
-        i["file_name"]: (data / "images" / i["file_name"]).stat().st_size for i in source.images
-    }
-    tasks = plan_tasks(source, sizes.__getitem__, "train", 256 * 2**20)
-    results = [
-        build_shard(t, local_reader(data / "images"), source.category_ids, root, fs) for t in tasks
-    ]
-    shards, rejects, counters = combine(results, source.rejects)
-    write_manifest(
+    write_shard_set(
+        source,
+        local_reader(data / "images"),
+        lambda name: (data / "images" / name).stat().st_size,
         root,
-        fs=fs,
-        split="train",
-        shards=shards,
-        categories=source.categories,
-        num_classes=source.num_classes,
-        source_sha256=source.source_sha256,
-        config={},
-        rejects=rejects,
-        counters=counters,
+        fs,
     )
     return out
 

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from samdetr.coco_rows import CocoSource, encode_row, merge_counters, rows_to_table
-from samdetr.shards import plan_shards, shard_file_name, write_shard
+from samdetr.shards import plan_shards, shard_file_name, write_manifest, write_shard
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,38 @@ def combine(
         merge_counters(counters, result["counters"])
         rejects.extend(result["rejects"])
     return [dict(r["shard"]) for r in ordered], rejects, counters
+
+
+def write_shard_set(
+    source: CocoSource,
+    read_bytes: Callable[[str], bytes],
+    file_size: Callable[[str], int],
+    shard_dir: str,
+    fs: pafs.FileSystem,
+    split: str = "train",
+    target_bytes: int = 256 * 2**20,
+    config: Mapping[str, Any] | None = None,
+    prefer_exif: bool = True,
+) -> dict[str, Any]:
+    """The whole shard set in this process (no Ray): shards, then the manifest; returns it.
+
+    The same plan and shard work as the Ray Data pipeline, one shard after another.
+    """
+    fs.create_dir(shard_dir, recursive=True)
+    tasks = plan_tasks(source, file_size, split, target_bytes)
+    results = [
+        build_shard(t, read_bytes, source.category_ids, shard_dir, fs, prefer_exif) for t in tasks
+    ]
+    shards, rejects, counters = combine(results, source.rejects)
+    return write_manifest(
+        shard_dir,
+        fs=fs,
+        split=split,
+        shards=shards,
+        categories=source.categories,
+        num_classes=source.num_classes,
+        source_sha256=source.source_sha256,
+        config=dict(config or {}),
+        rejects=rejects,
+        counters=counters,
+    )

@@ -9,8 +9,8 @@ import torch
 
 from samdetr.coco_rows import load_annotations, local_reader
 from samdetr.loader import EpochSampler, RowDecoder, build_loader, collate, set_epoch
-from samdetr.preprocessing import build_shard, combine, plan_tasks
-from samdetr.shards import ShardDataset, resolve_fs, write_manifest
+from samdetr.preprocessing import write_shard_set
+from samdetr.shards import ShardDataset, resolve_fs
 from samdetr.transforms import eval_transforms, train_transforms
 
 
@@ -31,24 +31,16 @@ def shard_dir(coco128_dir, tmp_path_factory):
     sizes = {
         i["file_name"]: (coco128_dir / "images" / i["file_name"]).stat().st_size for i in images
     }
-    tasks = plan_tasks(source, sizes.__getitem__, "train", target_bytes=sum(sizes.values()) // 3)
     fs, out = resolve_fs(root / "shards", None)
-    fs.create_dir(out, recursive=True)
-    reader = local_reader(coco128_dir / "images")
-    results = [build_shard(t, reader, source.category_ids, out, fs) for t in tasks]
-    shards, rejects, counters = combine(results, source.rejects)
-    write_manifest(
+    manifest = write_shard_set(
+        source,
+        local_reader(coco128_dir / "images"),
+        sizes.__getitem__,
         out,
-        fs=fs,
-        split="train",
-        shards=shards,
-        categories=source.categories,
-        num_classes=source.num_classes,
-        source_sha256=source.source_sha256,
-        config={},
-        rejects=rejects,
-        counters=counters,
+        fs,
+        target_bytes=sum(sizes.values()) // 3,
     )
+    assert len(manifest["shards"]) >= 3
     return root / "shards"
 
 
