@@ -121,13 +121,14 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
     payloads = [{"task": json.dumps(dataclasses.asdict(t))} for t in tasks]
     results = []
     if payloads:
+        workers = max(1, min(len(payloads), int(ray.cluster_resources().get("CPU", 1))))
         dataset = ray.data.from_items(payloads, override_num_blocks=len(payloads))
         encoded = dataset.map_batches(
             _encode_task,
             batch_size=1,
             # With Ray Data's default budget, 8 one-second tasks on 2 local CPUs took 7.3 s;
             # one task per cluster CPU took 5.4 s.
-            compute=ray.data.TaskPoolStrategy(size=max(1, int(ray.cluster_resources()["CPU"]))),
+            compute=ray.data.TaskPoolStrategy(size=workers),
             batch_format="numpy",
             fn_kwargs=dict(
                 images_uri=images_uri,

@@ -46,14 +46,24 @@ def damaged_coco(coco128_dir, tmp_path):
     anns.append({**anns[1], "id": 10**9, "image_id": 999999})  # unknown image
     ann_file = tmp_path / "annotations.json"
     ann_file.write_text(json.dumps({**data, "images": images, "annotations": anns}))
-    return {"annotations": str(ann_file), "images": str(image_dir), "truncated": truncated,
-            "missing": missing, "n": len(images), "boxes": len(anns)}
+    return {
+        "annotations": str(ann_file),
+        "images": str(image_dir),
+        "truncated": truncated,
+        "missing": missing,
+        "n": len(images),
+        "boxes": len(anns),
+    }
 
 
 def test_shards_report_rejects_and_keep_the_rest(local_ray, damaged_coco, tmp_path):
     out = tmp_path / "shards"
-    config = PreprocessConfig(annotations=damaged_coco["annotations"],
-                              images=damaged_coco["images"], output=str(out), shard_size_mb=0.5)
+    config = PreprocessConfig(
+        annotations=damaged_coco["annotations"],
+        images=damaged_coco["images"],
+        output=str(out),
+        shard_size_mb=0.5,
+    )
     manifest = run_preprocess(config)
     reasons = {(r.get("file_name"), r["reason"].split(":")[0]) for r in manifest["rejects"]}
     assert (damaged_coco["truncated"]["file_name"], "unreadable_image") in reasons
@@ -76,8 +86,12 @@ def test_shards_report_rejects_and_keep_the_rest(local_ray, damaged_coco, tmp_pa
 
 def test_strict_mode_fails_clearly_and_leaves_no_shard_set(local_ray, damaged_coco, tmp_path):
     out = tmp_path / "strict"
-    config = PreprocessConfig(annotations=damaged_coco["annotations"],
-                              images=damaged_coco["images"], output=str(out), strict=True)
+    config = PreprocessConfig(
+        annotations=damaged_coco["annotations"],
+        images=damaged_coco["images"],
+        output=str(out),
+        strict=True,
+    )
     with pytest.raises(ValueError, match="unknown_image"):
         run_preprocess(config)
     # The annotation-level reject stops the run before any image is read.
@@ -99,10 +113,29 @@ def test_strict_mode_on_a_bad_image_removes_written_shards(local_ray, damaged_co
     with open(path, "w") as f:
         json.dump(data, f)
     out = tmp_path / "strict-images"
-    config = PreprocessConfig(annotations=path, images=damaged_coco["images"], output=str(out),
-                              strict=True, shard_size_mb=0.5)
+    config = PreprocessConfig(
+        annotations=path,
+        images=damaged_coco["images"],
+        output=str(out),
+        strict=True,
+        shard_size_mb=0.5,
+    )
     with pytest.raises(ValueError, match="unreadable_image|missing_image"):
         run_preprocess(config)
     assert not any(p.suffix == ".parquet" for p in out.iterdir())
     with pytest.raises(ValueError, match="no manifest"):
         read_manifest(out)
+
+
+def test_uri_paths_go_through_pyarrow_filesystems(local_ray, damaged_coco, tmp_path):
+    # file:// exercises the same pyarrow-filesystem code path that s3:// and gs:// take.
+    out = tmp_path / "uri-out"
+    config = PreprocessConfig(
+        annotations="file://" + damaged_coco["annotations"],
+        images="file://" + damaged_coco["images"],
+        output="file://" + str(out),
+    )
+    manifest = run_preprocess(config)
+    assert manifest["num_rows"] == damaged_coco["n"] - 2
+    verify_shards(read_manifest("file://" + str(out)))
+    assert len(ShardDataset(out)) == manifest["num_rows"]
