@@ -15,6 +15,8 @@ Decoded images travel as uint8 (4x smaller than float32); :class:`PadCollate` no
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from typing import Any
 
@@ -53,13 +55,21 @@ def _without_normalise(transform: Compose) -> Compose:
     return Compose(steps)
 
 
+@functools.lru_cache(maxsize=8)
+def _geometric_transform(train: bool, transform_json: str) -> Compose:
+    # Built once per worker process and setting, not once per row.
+    kwargs = json.loads(transform_json)
+    base = train_transforms(**kwargs) if train else eval_transforms(**kwargs)
+    return _without_normalise(base)
+
+
 def _decode_row(
     row: dict[str, Any], train: bool, transform_kwargs: dict[str, Any], seed: int
 ) -> dict[str, Any]:
-    base = train_transforms(**transform_kwargs) if train else eval_transforms(**transform_kwargs)
+    transform = _geometric_transform(train, json.dumps(transform_kwargs, sort_keys=True))
     # Ray Data re-runs this map every epoch; a fresh seed per run gives new augmentations.
     run_seed = seed if not train else int.from_bytes(os.urandom(4), "little")
-    image, target = RowDecoder(_without_normalise(base), seed=run_seed)(row)
+    image, target = RowDecoder(transform, seed=run_seed)(row)
     return {
         "image": as_uint8_tensor(image).numpy(),  # uint8 (3, H, W)
         "boxes": target["boxes"].numpy().astype(np.float32).reshape(-1, 4),  # xyxy pixels

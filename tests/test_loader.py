@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from coco_subset import write_coco_subset
 
 from samdetr.coco_rows import load_annotations, local_reader
 from samdetr.loader import EpochSampler, RowDecoder, build_loader, collate, set_epoch
@@ -18,15 +17,7 @@ from samdetr.transforms import eval_transforms, train_transforms
 def shard_dir(coco128_dir, tmp_path_factory):
     """The first 24 coco128 images written as 3 shards without Ray (plain loop)."""
     root = tmp_path_factory.mktemp("loader")
-    data = json.loads((coco128_dir / "annotations.json").read_text())
-    images = sorted(data["images"], key=lambda i: i["id"])[:24]
-    ids = {i["id"] for i in images}
-    subset = {
-        **data,
-        "images": images,
-        "annotations": [a for a in data["annotations"] if a["image_id"] in ids],
-    }
-    (root / "ann.json").write_text(json.dumps(subset))
+    images = write_coco_subset(coco128_dir, root / "ann.json", 24)
     source = load_annotations(root / "ann.json")
     sizes = {
         i["file_name"]: (coco128_dir / "images" / i["file_name"]).stat().st_size for i in images

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("ray")
 
 import ray  # noqa: E402
+from coco_subset import write_coco_subset  # noqa: E402
 from ray.train import DataConfig, RunConfig, ScalingConfig  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
@@ -59,15 +60,8 @@ def test_two_workers_see_every_image_once_per_epoch(coco128_dir, tmp_path):
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": tests_dir}},
     )
-    data = json.loads((coco128_dir / "annotations.json").read_text())
-    images = sorted(data["images"], key=lambda i: i["id"])[:16]
+    images = write_coco_subset(coco128_dir, tmp_path / "ann.json", 16)
     ids = {i["id"] for i in images}
-    subset = {
-        **data,
-        "images": images,
-        "annotations": [a for a in data["annotations"] if a["image_id"] in ids],
-    }
-    (tmp_path / "ann.json").write_text(json.dumps(subset))
     shards = tmp_path / "shards"
     run_preprocess(
         PreprocessConfig(
