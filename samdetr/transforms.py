@@ -322,7 +322,10 @@ class ClipBoxes:
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         target["boxes"] = boxes
-        keep = ((boxes[:, 2:] - boxes[:, :2]) > self.min_side).all(dim=1)
+        sides = boxes[:, 2:] - boxes[:, :2]
+        # A side so thin that it is 0 relative to the image would reach the loss as w or h = 0.
+        relative = sides / torch.tensor([width, height], dtype=sides.dtype)
+        keep = ((sides > self.min_side) & (relative > 0)).all(dim=1)
         return image, _select(target, keep)
 
 
@@ -344,7 +347,11 @@ class ToTensorNormalize:
         out = tensor.to(torch.float32, memory_format=torch.contiguous_format)
         out.mul_(self._scale).sub_(self._shift)
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-        target["boxes"] = box_convert(target["boxes"] / scale, "xyxy", "cxcywh")
+        pixel = target["boxes"]
+        target["boxes"] = pixel / scale
+        # A box thinner than float32 resolution at this scale would reach the loss with w or h 0.
+        target = _drop_collapsed(target, pixel)
+        target["boxes"] = box_convert(target["boxes"], "xyxy", "cxcywh")
         target["size"] = torch.tensor([height, width], dtype=torch.int64)
         return out, target
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from samdetr.decode import decode_image, decode_image_draft, to_rgb
 from samdetr.transforms import (
+    ClipBoxes,
     Compose,
     RandomHorizontalFlip,
     RandomResize,
@@ -287,3 +288,18 @@ def test_draft_decoding_keeps_boxes_consistent():
     assert np.allclose(found, scaled["boxes"][0].tolist(), atol=1.0)
     assert decode_image_draft(data, min_side=479)[1] == 1
     assert decode_image_draft(encode(stored, "PNG"), min_side=50)[1] == 1  # only JPEG
+
+
+def test_normalisation_drops_boxes_that_collapse_to_zero_size():
+    # Found by hypothesis: a 1.4e-45 px high box survives the pixel-space steps but its
+    # normalised height underflows to 0.
+    target = {
+        "boxes": torch.tensor([[0.0, 0.0, 1.0, 1.401298464324817e-45], [0, 0, 20, 20.0]]),
+        "labels": torch.tensor([3, 5]),
+    }
+    _, out = ToTensorNormalize()(Image.new("RGB", (40, 40)), target)
+    assert out["labels"].tolist() == [5]
+    assert (out["boxes"][:, 2:] > 0).all()
+    # ClipBoxes, the first step of both pipelines, already drops it.
+    _, clipped = ClipBoxes()(Image.new("RGB", (40, 40)), target)
+    assert clipped["labels"].tolist() == [5]
