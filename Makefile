@@ -23,11 +23,12 @@ lint: $(STAMP)
 	$(VPY) -m ruff check .
 
 demo: $(STAMP)
-	$(VPY) -m samdetr.demo --data ../shared/data/coco128-dev
+	RAY_AUTH_MODE=disabled $(VPY) -m pipelines.demo
 
 bench: $(STAMP)
 	$(VPY) bench/model_step.py
 	$(VPY) bench/loader.py
+	$(VPY) bench/train_scaling.py
 
 # clean keeps the venv (slow to rebuild); distclean removes it too.
 clean:

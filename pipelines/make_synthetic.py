@@ -12,7 +12,10 @@ from typing import Any
 
 from samdetr.synthetic import make_synthetic_coco
 
-_KEYS = ("out_dir", "num_images", "seed", "image_size", "classes", "max_objects", "image_format")
+_KEYS = (
+    "out_dir", "num_images", "seed", "image_size", "classes", "max_objects", "object_size",
+    "image_format",
+)
 
 
 def run(settings: dict[str, Any]) -> dict[str, Any]:
@@ -23,6 +26,8 @@ def run(settings: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(settings)
     kwargs["image_size"] = tuple(kwargs.get("image_size", (192, 320)))
     kwargs["classes"] = tuple(kwargs.get("classes", ("square", "disc", "triangle")))
+    if "object_size" in kwargs:
+        kwargs["object_size"] = tuple(kwargs["object_size"])
     return make_synthetic_coco(**kwargs)
 
 

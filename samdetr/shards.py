@@ -349,7 +349,8 @@ class ShardDataset(Dataset):
     ``ds[i]`` is the row dict (Python types, see :func:`iter_rows`), or ``transform(row)``
     when a transform is given (e.g. decoding + augmentation returning ``(image, target)``).
     Row groups are read lazily and the last ``cache_row_groups`` are kept per process; a
-    sampler that visits shards in blocks reads each row group once. Picklable for workers.
+    sampler that visits them in blocks (:class:`samdetr.loader.BlockShuffleSampler` over
+    :attr:`row_group_spans`) reads each row group once per epoch. Picklable for workers.
     """
 
     def __init__(
@@ -386,6 +387,12 @@ class ShardDataset(Dataset):
 
     def __len__(self) -> int:
         return self._len
+
+    @property
+    def row_group_spans(self) -> list[tuple[int, int]]:
+        """``[(start, stop)]`` row ranges of every row group in index order; tile range(len)."""
+        stops = self._starts[1:] + [self._len]  # one extra stop when there is no group
+        return list(zip(self._starts, stops, strict=False))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

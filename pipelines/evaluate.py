@@ -1,0 +1,166 @@
+"""Score a checkpoint or an MLflow model on a shard set with COCO metrics.
+
+    python -m pipelines.evaluate checkpoint=outputs/ray/demo/epoch_0006 \
+        shards=outputs/shards/synthetic/val
+    python -m pipelines.evaluate model_uri=models:/sam-detr@candidate shards=...
+
+A checkpoint (a ``checkpoint.pt`` file or a Ray Train checkpoint folder holding one) is scored
+with the same input pipeline and inference code as the per-epoch evaluation in training, so it
+gives the numbers that were reported. An MLflow model goes through its own ``predict`` (encoded
+image bytes in, detections out), as a deployed model would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from samdetr.coco_eval import METRIC_NAMES, evaluate_detections
+from samdetr.evaluation import eval_loader, ground_truth
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    shards: str
+    checkpoint: str | None = None
+    model_uri: str | None = None
+    batch_size: int | None = None  # None: the checkpoint's eval batch size (else 4)
+    device: str = "auto"  # auto: cuda if available
+    output: str | None = None  # write the metrics as JSON here
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) == (self.model_uri is None):
+            raise ValueError("give exactly one of checkpoint=PATH or model_uri=URI")
+        if not isinstance(self.shards, str) or not self.shards:
+            raise ValueError("shards must be a shard-set folder or URI")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, int)
+            or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+def checkpoint_file(path: str) -> str:
+    """``path`` itself, or the ``checkpoint.pt`` inside a Ray Train checkpoint folder."""
+    if os.path.isdir(path):
+        inner = os.path.join(path, "checkpoint.pt")
+        if not os.path.isfile(inner):
+            raise FileNotFoundError(f"{path} is a folder without a checkpoint.pt")
+        return inner
+    return path
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate_checkpoint(
+    path: str, shards: str, batch_size: int | None = None, device: str = "auto"
+) -> dict[str, float]:
+    """COCO metrics of a training checkpoint on ``shards``.
+
+    Image sizes and (unless given) the batch size come from the checkpoint, so the batches
+    are those of the per-epoch evaluation in training and the metrics match the reported ones.
+    """
+    from samdetr.checkpoint import load_checkpoint
+    from samdetr.engine import predict
+
+    model, _, extra = load_checkpoint(checkpoint_file(path))
+    target = _device(device)
+    model.to(target)
+    sizes = dict(extra.get("eval_transform") or {})
+    batch_size = batch_size or int(extra.get("eval_batch_size", 4))
+    loader = eval_loader(shards, batch_size=batch_size, **sizes)
+    return evaluate_detections(ground_truth(shards), predict(model, loader, target))
+
+
+def evaluate_mlflow_model(
+    model_uri: str, shards: str, batch_size: int | None = None
+) -> dict[str, float]:
+    """COCO metrics of an MLflow model (this project's pyfunc) on ``shards``."""
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+
+    from samdetr.shards import iter_rows, read_manifest
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    batch_size = batch_size or 4
+    manifest = read_manifest(shards)
+    rows = iter_rows(manifest, shard_dir=shards, columns=["image_id", "image", "exif_transpose"])
+    detections: list[dict[str, Any]] = []
+
+    def flush(chunk: list[dict[str, Any]]) -> None:
+        for flag in (False, True):  # rows whose stored orientation needs EXIF applied
+            part = [r for r in chunk if bool(r["exif_transpose"]) == flag]
+            if not part:
+                continue
+            frame = pd.DataFrame({"image": [r["image"] for r in part]})
+            table = model.predict(frame, params={"exif_transpose": flag})
+            for i, row in enumerate(part):
+                mine = table[table["image_index"] == i]
+                detections.append({
+                    "image_id": int(row["image_id"]),
+                    "scores": mine["score"].to_numpy(np.float32),
+                    "labels": mine["label"].to_numpy(np.int64),
+                    "boxes": mine[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).reshape(-1, 4),
+                })
+
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == batch_size:
+            flush(chunk)
+            chunk = []
+    if chunk:
+        flush(chunk)
+    return evaluate_detections(ground_truth(shards), detections)
+
+
+def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    if config.checkpoint is not None:
+        metrics = evaluate_checkpoint(config.checkpoint, config.shards, config.batch_size,
+                                      config.device)
+    else:
+        metrics = evaluate_mlflow_model(config.model_uri, config.shards, config.batch_size)
+    out = {
+        "source": config.checkpoint or config.model_uri,
+        "shards": config.shards,
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    if config.output:
+        with open(config.output, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+def format_metrics(result: dict[str, Any]) -> str:
+    lines = [f"{result['source']} on {result['shards']} ({result['seconds']}s)"]
+    lines += [f"  {name:<6} {result['metrics'][name]:.4f}" for name in METRIC_NAMES]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+    def _run(cfg: DictConfig) -> None:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        print(format_metrics(run_evaluate(EvaluateConfig(**plain))))
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()

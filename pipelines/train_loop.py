@@ -1,0 +1,257 @@
+"""The function every Ray Train worker runs: DDP training, per-epoch COCO evaluation spread
+over the workers, checkpoints, and rank 0's MLflow logging.
+
+``train_loop_config`` is a plain dict: ``settings`` (``TrainSettings.to_dict()``),
+``run_id`` / ``tracking_uri`` of the MLflow run (or ``None``), and ``categories``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from pipelines.data import PadCollate
+from pipelines.train_settings import TrainSettings
+from samdetr.builder import build_criterion, build_model
+from samdetr.checkpoint import read_checkpoint, save_checkpoint
+from samdetr.coco_eval import METRIC_NAMES, evaluate_detections
+from samdetr.criterion import distributed_mean
+from samdetr.engine import predict, rng_state, seed_everything, train_one_epoch
+from samdetr.evaluation import eval_loader, ground_truth
+from samdetr.optim import build_optimizer, build_scheduler
+from samdetr.postprocess import PostProcess
+
+CHECKPOINT_FILE = "checkpoint.pt"
+#: Per-epoch metrics logged to MLflow (step = epoch) and reported to Ray Train.
+EPOCH_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "loss", "images_per_s",
+                 "epoch_time_s")
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by ``trainer.fail_after_epoch`` to exercise Ray Train's FailureConfig."""
+
+
+def _say(line: str) -> None:
+    # Ray Train V2 patches print() to also log it, which shows every line twice on the driver.
+    sys.stdout.write(f"[samdetr] {line}\n")
+    sys.stdout.flush()
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` on every rank (a list of one without a process group)."""
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _restore(checkpoint, model, optimizer, scheduler) -> dict[str, Any] | None:
+    """Load the run's latest Ray Train checkpoint (if any) into the parts."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        payload = read_checkpoint(os.path.join(folder, CHECKPOINT_FILE))
+    _unwrap(model).load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    return payload
+
+
+def _evaluate(model, loader, coco_gt, device, autocast_dtype) -> dict[str, float]:
+    """Inference on this rank's share, gathered; COCOeval once on rank 0; same numbers out."""
+    detections = predict(_unwrap(model), loader, device, PostProcess(100), autocast_dtype)
+    everything = _gather(detections)
+    metrics = None
+    if coco_gt is not None:
+        metrics = evaluate_detections(coco_gt, [d for part in everything for d in part])
+    if _distributed():
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics
+
+
+def _pictures(model, settings: TrainSettings, categories, device) -> Any:
+    """The first validation images with their top detections and salient points."""
+    from pipelines.plots import image_grid
+    from samdetr.decode import decode_image
+    from samdetr.inference import Predictor
+    from samdetr.shards import ShardDataset
+    from samdetr.visualize import draw_detections
+
+    rows = ShardDataset(settings.data.val_shards)
+    count = min(settings.trainer.num_pictures, len(rows))
+    names = {c["id"]: c["name"] for c in categories}
+    predictor = Predictor(
+        _unwrap(model), settings.data.eval_transform.get("size", 800),
+        settings.data.eval_transform.get("max_size", 1333), num_top=10, device=device,
+    )
+    drawn = []
+    for i in range(count):
+        row = rows[i]
+        result = predictor([row["image"]], exif_transpose=bool(row["exif_transpose"]))[0]
+        image = decode_image(row["image"], bool(row["exif_transpose"]))
+        keep = result["scores"] >= 0.3
+        if not keep.any():  # early in training: show the best few anyway
+            keep = torch.arange(len(result["scores"])) < 3
+        shown = {k: v[keep].cpu() for k, v in result.items()}
+        # Small images are enlarged first so that labels and points stay legible.
+        factor = max(1.0, 400 / min(image.size))
+        if factor > 1:
+            image = image.resize((round(image.width * factor), round(image.height * factor)))
+            shown["boxes"] = shown["boxes"] * factor
+        drawn.append(draw_detections(image, shown, names, points=shown.get("points")))
+    return image_grid(drawn) if drawn else None
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    settings = TrainSettings.from_dict(config["settings"])
+    trainer, data = settings.trainer, settings.data
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":  # collectives on objects (NCCL) use the current device
+        torch.cuda.set_device(device)
+    seed_everything(trainer.seed + rank)
+
+    checkpoint = ray.train.get_checkpoint()
+    # ImageNet backbone weights only for a fresh start; a checkpoint has all the weights.
+    pretrained = checkpoint is None and settings.detector.model.backbone.weights is not None
+    model = build_model(settings.detector, load_pretrained=pretrained).to(device)
+    criterion = build_criterion(settings.detector).to(device)
+    optimizer = build_optimizer(model, settings.optim)
+    scheduler = build_scheduler(optimizer, settings.optim)
+    payload = _restore(checkpoint, model, optimizer, scheduler)
+    resumed = payload is not None
+    start_epoch = payload["epoch"] + 1 if resumed else 0
+    global_step = payload["global_step"] if resumed else 0
+    history = list(payload["history"]) if resumed else []
+    model = ray.train.torch.prepare_model(model)
+
+    logger = None
+    if rank == 0 and config.get("run_id"):
+        from pipelines.tracking import RunLogger
+
+        logger = RunLogger(config["tracking_uri"], config["run_id"])
+    coco_gt = ground_truth(data.val_shards) if rank == 0 else None
+    val_batches = eval_loader(
+        data.val_shards, batch_size=data.eval_batch_size, rank=rank,
+        world_size=context.get_world_size(), num_workers=data.eval_loader_workers,
+        **data.eval_transform,
+    )
+    train_shard = ray.train.get_dataset_shard("train")
+    if rank == 0:
+        if start_epoch >= trainer.epochs:
+            _say(f"run {trainer.run_name}: all {trainer.epochs} epochs already done")
+        elif resumed:
+            _say(f"run {trainer.run_name}: resuming at epoch {start_epoch + 1}")
+
+    for epoch in range(start_epoch, trainer.epochs):
+        # Seeding per epoch makes a resumed run draw what an uninterrupted one would.
+        seed_everything(trainer.seed + rank + 1000 * epoch)
+        batches = train_shard.iter_torch_batches(
+            batch_size=data.batch_size,
+            collate_fn=PadCollate(),
+            local_shuffle_buffer_size=data.shuffle_buffer or None,
+            local_shuffle_seed=trainer.seed + epoch if data.shuffle_buffer else None,
+        )
+        step_base = global_step
+
+        def on_step(step: int, values: dict[str, float], base: int = step_base) -> None:
+            if logger is not None:
+                logger.log_metrics({f"train/{k}": v for k, v in values.items()}, base + step)
+
+        start = time.perf_counter()
+        stats = train_one_epoch(
+            model, criterion, optimizer, batches, device,
+            clip_max_norm=settings.optim.clip_max_norm,
+            autocast_dtype=trainer.autocast_dtype,
+            world_reduce=distributed_mean,
+            on_step=on_step,
+            log_every=trainer.log_every,
+        )
+        scheduler.step()
+        train_time = time.perf_counter() - start
+        all_stats = _gather({**stats, "seconds": train_time})
+        global_step += all_stats[0]["steps"]
+        metrics = _evaluate(model, val_batches, coco_gt, device, trainer.autocast_dtype)
+        images = sum(s["images"] for s in all_stats)
+        weighted = sum(s["loss"] * s["steps"] for s in all_stats)
+        epoch_metrics = {
+            **{k: metrics[k] for k in METRIC_NAMES},
+            "loss": weighted / max(1, sum(s["steps"] for s in all_stats)),
+            "images_per_s": images / max(s["seconds"] for s in all_stats),
+            "epoch_time_s": time.perf_counter() - start,
+        }
+        history.append({"epoch": epoch, **epoch_metrics})
+        if logger is not None:
+            _log_epoch(logger, epoch, epoch_metrics, history, model, settings, config, device)
+        if rank == 0:
+            _say(
+                f"epoch {epoch + 1}/{trainer.epochs}: AP {epoch_metrics['AP']:.4f} "
+                f"AP50 {epoch_metrics['AP50']:.4f} loss {epoch_metrics['loss']:.3f} "
+                f"{epoch_metrics['images_per_s']:.1f} img/s {epoch_metrics['epoch_time_s']:.0f}s"
+            )
+        _report(epoch, epoch_metrics, global_step, history, model, optimizer, scheduler,
+                settings, config, rank)
+        if trainer.fail_after_epoch == epoch and not resumed and rank == 0:
+            raise InjectedFailure(f"injected after epoch {epoch} (trainer.fail_after_epoch)")
+
+
+def _log_epoch(logger, epoch, epoch_metrics, history, model, settings, config, device) -> None:
+    from pipelines.plots import convergence_figure
+
+    logger.log_metrics(epoch_metrics, step=epoch)
+    figure = convergence_figure(history)
+    logger.log_figure(figure, "convergence.png")
+    if settings.trainer.num_pictures:
+        grid = _pictures(model, settings, config.get("categories") or [], device)
+        if grid is not None:
+            logger.log_image(grid, f"predictions/epoch_{epoch + 1:03d}.png")
+
+
+def _report(epoch, metrics, global_step, history, model, optimizer, scheduler, settings,
+            config, rank) -> None:
+    """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint."""
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(
+                os.path.join(folder, CHECKPOINT_FILE),
+                _unwrap(model),
+                settings.detector,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                epoch=epoch,
+                global_step=global_step,
+                history=history,
+                metrics=metrics,
+                rng=rng_state(),
+                settings=settings.to_dict(),
+                eval_transform=dict(settings.data.eval_transform),
+                eval_batch_size=settings.data.eval_batch_size,
+                categories=list(config.get("categories") or []),
+                mlflow_run_id=config.get("run_id") or "",
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(
+            {"epoch": epoch, **metrics}, checkpoint=checkpoint,
+            checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+        )

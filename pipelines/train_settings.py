@@ -1,0 +1,228 @@
+"""Typed settings of a training run: Hydra's plain dict -> validated dataclasses, once.
+
+The same dict (``TrainSettings.to_dict()``) travels into the Ray Train workers, and the
+checkpoints carry it, so a run is fully described by what was logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from samdetr.config import DetectorConfig
+from samdetr.optim import OptimConfig
+
+
+def _fields_of(cls: type, data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return dict(data)
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the shards are and how batches are made (batch sizes are per worker)."""
+
+    name: str
+    train_shards: str
+    val_shards: str
+    batch_size: int = 4
+    eval_batch_size: int = 4
+    train_transform: dict[str, Any] = field(default_factory=dict)  # train_transforms kwargs
+    eval_transform: dict[str, Any] = field(default_factory=lambda: {"size": 800, "max_size": 1333})
+    shuffle_buffer: int = 64  # rows shuffled locally in each worker (0: off)
+    eval_loader_workers: int = 0  # DataLoader processes decoding validation images
+
+    def __post_init__(self) -> None:
+        for name in ("name", "train_shards", "val_shards"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"data.{name} must be a non-empty string")
+        _positive_int(self.batch_size, "data.batch_size")
+        _positive_int(self.eval_batch_size, "data.eval_batch_size")
+        _positive_int(self.shuffle_buffer, "data.shuffle_buffer", 0)
+        _positive_int(self.eval_loader_workers, "data.eval_loader_workers", 0)
+        allowed = {"scales", "max_size", "crop_sizes", "crop_range"}
+        if not isinstance(self.train_transform, dict) or set(self.train_transform) - allowed:
+            raise ValueError(f"data.train_transform takes {sorted(allowed)}, "
+                             f"got {self.train_transform!r}")
+        if not isinstance(self.eval_transform, dict) or set(self.eval_transform) - {
+            "size", "max_size"
+        }:
+            raise ValueError(f"data.eval_transform takes size and max_size, "
+                             f"got {self.eval_transform!r}")
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The Ray Train side: workers, devices, epochs, checkpoints, fault tolerance."""
+
+    run_name: str
+    storage_path: str = "outputs/ray"  # local folder, or shared storage (s3://, NFS) on clusters
+    epochs: int = 50
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # only with use_gpu
+    bf16: bool = False  # bfloat16 autocast (GPU only)
+    seed: int = 42  # each worker seeds with seed + rank (+ epoch), as the official code
+    max_failures: int = 3  # worker-group restarts from the last checkpoint
+    log_every: int = 10  # steps between per-step metrics
+    num_pictures: int = 4  # validation images drawn with predictions each epoch
+    ray_address: str | None = None  # None: embedded local Ray, or RAY_ADDRESS
+    # Fault injection for tests and drills: rank 0 raises once, after epoch N is reported,
+    # in an attempt that did not start from a checkpoint.
+    fail_after_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        name = self.run_name
+        if not isinstance(name, str) or not name or not name.replace("-", "").replace(
+            "_", ""
+        ).replace(".", "").isalnum():
+            raise ValueError(f"trainer.run_name must be letters, digits, '-', '_' or '.', "
+                             f"got {name!r}")
+        if not isinstance(self.storage_path, str) or not self.storage_path:
+            raise ValueError("trainer.storage_path must be a non-empty path or URI")
+        _positive_int(self.epochs, "trainer.epochs")
+        _positive_int(self.num_workers, "trainer.num_workers")
+        _positive_int(self.max_failures, "trainer.max_failures", 0)
+        _positive_int(self.log_every, "trainer.log_every")
+        _positive_int(self.num_pictures, "trainer.num_pictures", 0)
+        _positive_int(self.seed, "trainer.seed", 0)
+        for name in ("use_gpu", "bf16"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"trainer.{name} must be true or false")
+        for name in ("cpus_per_worker", "gpus_per_worker"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0
+            ):
+                raise ValueError(f"trainer.{name} must be a number >= 0, got {value!r}")
+        if self.bf16 and not self.use_gpu:
+            raise ValueError("trainer.bf16 needs use_gpu=true (bf16 autocast is for GPUs)")
+        if self.use_gpu and self.gpus_per_worker <= 0:
+            raise ValueError("trainer.use_gpu needs gpus_per_worker > 0")
+        if self.fail_after_epoch is not None:
+            _positive_int(self.fail_after_epoch, "trainer.fail_after_epoch", 0)
+
+    @property
+    def storage_uri(self) -> str:
+        """Ray needs an absolute path (its workers chdir into their own folders)."""
+        if "://" in self.storage_path:
+            return self.storage_path
+        return os.path.abspath(self.storage_path)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.bf16 else None
+
+    def resources_per_worker(self) -> dict[str, float]:
+        resources = {"CPU": float(self.cpus_per_worker)}
+        if self.use_gpu:
+            resources["GPU"] = float(self.gpus_per_worker)
+        return resources
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """MLflow: where to log, and what to do with the final model."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "samdetr"
+    # Where a NEW experiment keeps artifacts (None: the server's / MLflow's default, which for
+    # SQLite is ./mlruns in the driver's cwd). E.g. s3://bucket/mlflow or an absolute path.
+    artifact_location: str | None = None
+    registered_model: str | None = None  # register the best model under this name
+    alias: str | None = None  # ... and point this alias (e.g. "candidate") at the new version
+    log_model: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "log_model"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"tracking.{name} must be true or false")
+        if not isinstance(self.experiment, str) or not self.experiment:
+            raise ValueError("tracking.experiment must be a non-empty string")
+        if self.alias is not None and self.registered_model is None:
+            raise ValueError("tracking.alias needs tracking.registered_model")
+        if self.registered_model is not None and not self.log_model:
+            raise ValueError("tracking.registered_model needs tracking.log_model=true")
+
+    def resolved_uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything one training run needs; ``detector`` is the model + loss config."""
+
+    detector: DetectorConfig
+    optim: OptimConfig
+    data: DataSettings
+    trainer: TrainerSettings
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainSettings:
+        """From Hydra's resolved dict: ``model``, ``loss``, ``optim``, ``data``, ``trainer``,
+        ``tracking`` nodes (``loss`` optional)."""
+        data = _fields_of(_Raw, data, "train settings")
+        detector = DetectorConfig.from_dict(
+            {"model": data["model"], "loss": data.get("loss") or {}}
+        )
+        return cls(
+            detector=detector,
+            optim=OptimConfig.from_dict(data.get("optim") or {}),
+            data=DataSettings(**_fields_of(DataSettings, data["data"], "data")),
+            trainer=TrainerSettings(**_fields_of(TrainerSettings, data["trainer"], "trainer")),
+            tracking=TrackingSettings(
+                **_fields_of(TrackingSettings, data.get("tracking") or {}, "tracking")
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_dict`: plain, JSON-safe, picklable into Ray workers."""
+        detector = self.detector.to_dict()
+        return {
+            "model": detector["model"],
+            "loss": detector["loss"],
+            "optim": self.optim.to_dict(),
+            "data": dataclasses.asdict(self.data),
+            "trainer": dataclasses.asdict(self.trainer),
+            "tracking": dataclasses.asdict(self.tracking),
+        }
+
+
+@dataclass
+class _Raw:  # the top-level keys accepted by TrainSettings.from_dict
+    model: Any = None
+    loss: Any = None
+    optim: Any = None
+    data: Any = None
+    trainer: Any = None
+    tracking: Any = None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``: MLflow params (values as short strings)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]  # MLflow's param value limit
+    return out

@@ -1,0 +1,199 @@
+"""One epoch of training and one pass of inference, independent of how batches are produced.
+
+Batches are ``(images (B, 3, H, W), mask (B, H, W), targets)`` as :func:`samdetr.loader.collate`
+and the Ray Data collate give them; targets hold normalised cxcywh ``boxes``, ``labels``,
+``image_id`` and ``orig_size`` (h, w). Distributed concerns enter as callables
+(``world_reduce``), so the same code runs in a plain loop, under DDP, and in Ray Train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from samdetr.criterion import SetCriterion, num_boxes_for
+from samdetr.postprocess import PostProcess
+
+Batch = tuple[Tensor, Tensor, list[dict[str, Tensor]]]
+#: Loss terms shown per step (last decoder layer) besides the weighted total ``loss``.
+LOGGED_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "class_error")
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` (e.g. bfloat16 on GPU), or nothing when ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(targets: list[dict[str, Tensor]], device: torch.device) -> list[dict[str, Tensor]]:
+    return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: SetCriterion,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    device: torch.device,
+    clip_max_norm: float = 0.1,
+    autocast_dtype: torch.dtype | None = None,
+    world_reduce: Callable[[Tensor], Tensor] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    log_every: int = 10,
+) -> dict[str, float]:
+    """Train over ``batches`` once.
+
+    Args:
+        world_reduce: averages the box-count normaliser over workers (e.g.
+            :func:`samdetr.criterion.distributed_mean`); ``None`` for one process.
+        on_step: called every ``log_every`` steps (and after the last) as
+            ``on_step(step, values)`` with ``step`` counted from 1 in this epoch and ``values`` the
+            weighted ``loss``, :data:`LOGGED_TERMS`, ``lr`` (first group), ``lr_backbone`` and
+            ``grad_norm`` of that step. Reading values syncs the GPU, so it is done only then.
+
+    Returns:
+        ``loss`` and :data:`LOGGED_TERMS` averaged over this worker's steps, plus ``steps``,
+        ``images`` and ``seconds``.
+
+    Raises:
+        FloatingPointError: when the loss becomes NaN or infinite (training cannot recover).
+    """
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
+    model.train()
+    criterion.train()
+    sums = torch.zeros(len(LOGGED_TERMS) + 1, dtype=torch.float64, device=device)
+    steps = images_seen = 0
+    start = time.perf_counter()
+    last: dict[str, Tensor] | None = None
+    for images, mask, targets in batches:
+        images = images.to(device, non_blocking=True)
+        mask = mask.to(device, non_blocking=True)
+        targets = _to_device(targets, device)
+        num_boxes = num_boxes_for(targets, device, world_reduce)
+        with autocast_context(device, autocast_dtype):
+            outputs = model(images, mask)
+        # The criterion computes in float32 whatever the autocast dtype of the outputs.
+        losses = criterion(outputs, targets, num_boxes)
+        total = criterion.weighted_total(losses)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if clip_max_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+        else:
+            grad_norm = torch.zeros((), device=device)
+        optimizer.step()
+
+        steps += 1
+        images_seen += images.shape[0]
+        values = torch.stack([total.detach()] + [losses[k].detach() for k in LOGGED_TERMS])
+        sums += values.double()
+        last = {"values": values, "grad_norm": grad_norm.detach()}
+        if steps % log_every == 0:
+            _report(steps, last, optimizer, on_step)
+            last = None
+    if last is not None:
+        _report(steps, last, optimizer, on_step)
+    means = (sums / max(steps, 1)).tolist()
+    out = dict(zip(("loss", *LOGGED_TERMS), means, strict=True))
+    out.update(steps=steps, images=images_seen, seconds=time.perf_counter() - start)
+    return out
+
+
+def _report(
+    step: int,
+    last: Mapping[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> None:
+    values = dict(zip(("loss", *LOGGED_TERMS), last["values"].tolist(), strict=True))
+    if not math.isfinite(values["loss"]):
+        raise FloatingPointError(
+            f"loss is {values['loss']} at step {step} ({values}); lower the learning rate or "
+            "check the data"
+        )
+    if on_step is None:
+        return
+    groups = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+    values["lr"] = float(optimizer.param_groups[0]["lr"])
+    if "backbone" in groups:
+        values["lr_backbone"] = float(groups["backbone"])
+    values["grad_norm"] = float(last["grad_norm"])
+    on_step(step, values)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    device: torch.device,
+    postprocess: PostProcess | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[dict[str, Any]]:
+    """Detections for every image in ``batches``, in the format of
+    :func:`samdetr.coco_eval.evaluate_detections`: ``image_id``, ``scores`` (k,), ``labels``
+    (k,), ``boxes`` (k, 4) absolute xyxy pixels of the original image — as numpy arrays, so the
+    list pickles cheaply between workers."""
+    postprocess = postprocess or PostProcess()
+    model.eval()
+    detections = []
+    for images, mask, targets in batches:
+        with autocast_context(device, autocast_dtype):
+            outputs = model(images.to(device), mask.to(device))
+        outputs = {
+            "pred_logits": outputs["pred_logits"].float(),
+            "pred_boxes": outputs["pred_boxes"].float(),
+        }
+        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
+        for target, result in zip(targets, postprocess(outputs, sizes), strict=True):
+            detections.append(
+                {
+                    "image_id": int(target["image_id"]),
+                    **{k: result[k].cpu().numpy() for k in ("scores", "labels", "boxes")},
+                }
+            )
+    return detections
+
+
+# ----------------------------------------------------------------------------- reproducibility
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's (all devices) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states as weights-only-loadable values (tensors, ints, lists)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only if this process has CUDA)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,102 @@
+"""COCO evaluation on a shard set: ground truth from the shards, detections from a model.
+
+    coco_gt = ground_truth(shard_dir)
+    loader = eval_loader(shard_dir, size=800, max_size=1333, batch_size=4)
+    metrics = evaluate_detections(coco_gt, predict(model, loader, device))
+
+Training (every epoch, inference spread over workers) and ``pipelines.evaluate`` (one
+process) use the same pieces, so a checkpoint scores the same in both.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pyarrow.fs as pafs
+from pycocotools.coco import COCO
+from torch.utils.data import DataLoader
+
+from samdetr.coco_eval import coco_from_dict
+from samdetr.loader import RowDecoder, collate
+from samdetr.shards import ShardDataset, iter_rows, read_manifest
+from samdetr.transforms import eval_transforms
+
+_GT_COLUMNS = ["image_id", "file_name", "width", "height", "boxes", "category_ids", "iscrowd",
+               "area"]
+
+
+def ground_truth(
+    shard_dir: str | os.PathLike[str], fs: pafs.FileSystem | None = None
+) -> COCO:
+    """A pycocotools ``COCO`` index of the shard set's images, boxes and categories.
+
+    Reads only the annotation columns (not the image bytes). Boxes are the stored ``xywh``
+    pixels; crowd boxes stay in (COCOeval treats them as "ignore" regions).
+    """
+    manifest = read_manifest(shard_dir, fs)
+    images, annotations = [], []
+    for row in iter_rows(manifest, fs, shard_dir, columns=_GT_COLUMNS):
+        images.append(
+            {"id": row["image_id"], "file_name": row["file_name"], "width": row["width"],
+             "height": row["height"]}
+        )
+        for box, category, crowd, area in zip(
+            row["boxes"], row["category_ids"], row["iscrowd"], row["area"], strict=True
+        ):
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": row["image_id"], "category_id": category,
+                 "bbox": [float(v) for v in box], "iscrowd": int(crowd), "area": float(area)}
+            )
+    categories = [{"id": c["id"], "name": c["name"]} for c in manifest["categories"]]
+    return coco_from_dict(
+        {"images": images, "annotations": annotations, "categories": categories}
+    )
+
+
+def eval_loader(
+    shard_dir: str | os.PathLike[str],
+    size: int = 800,
+    max_size: int = 1333,
+    batch_size: int = 4,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+) -> DataLoader:
+    """Batches of this rank's part of the shard set, resized for evaluation; crowd boxes kept.
+
+    The set is cut into batches in stored order and whole batches are dealt to the ranks
+    (batch ``k`` to rank ``k % world_size``): every image is seen exactly once, none dropped,
+    and each batch holds the same images whatever the number of ranks. That matters because
+    zero padding changes the backbone's features near the right/bottom edges, so scores
+    depend (slightly) on which images share a batch; this way a checkpoint scores the same in
+    one process as it did spread over the training workers.
+    """
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"bad eval split: batch_size={batch_size}, rank={rank}/{world_size}")
+    decoder = RowDecoder(eval_transforms(size, max_size), drop_crowd=False)
+    dataset = ShardDataset(shard_dir, transform=decoder)
+    size = len(dataset)
+    mine = [
+        i
+        for first in range(rank * batch_size, size, world_size * batch_size)
+        for i in range(first, min(first + batch_size, size))
+    ]
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=mine, collate_fn=collate, num_workers=num_workers
+    )
+
+
+def category_names(shard_dir: str | os.PathLike[str]) -> dict[int, str]:
+    """``{category id: name}`` from the shard set's manifest."""
+    return {c["id"]: c["name"] for c in read_manifest(shard_dir)["categories"]}
+
+
+def manifest_summary(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Image count, class count K and categories of a shard set (from its manifest)."""
+    manifest = read_manifest(shard_dir)
+    return {
+        "images": manifest["num_rows"],
+        "num_classes": manifest["num_classes"],
+        "categories": [{"id": c["id"], "name": c["name"]} for c in manifest["categories"]],
+    }

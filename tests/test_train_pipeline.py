@@ -1,0 +1,174 @@
+"""End-to-end training on Ray Train with 2 CPU workers, tracked in a temporary MLflow store:
+metrics, params and artifacts; resume at the right epoch; an injected worker failure;
+a checkpoint that evaluates to the metrics reported at training time."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("mlflow")
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from pipelines.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
+from pipelines.train import run_training  # noqa: E402
+from pipelines.train_settings import TrainSettings  # noqa: E402
+from samdetr.coco_rows import load_annotations, local_reader  # noqa: E402
+from samdetr.preprocessing import write_shard_set  # noqa: E402
+from samdetr.shards import resolve_fs  # noqa: E402
+from samdetr.synthetic import make_synthetic_coco  # noqa: E402
+
+EPOCH_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "epoch_time_s", "loss")
+
+
+def _shards(root, split: str, count: int, seed: int) -> str:
+    data = root / "data" / split
+    make_synthetic_coco(data, count, seed=seed, image_size=(80, 128), max_objects=3)
+    source = load_annotations(data / "annotations.json")
+    fs, out = resolve_fs(root / "shards" / split, None)
+    write_shard_set(
+        source, local_reader(data / "images"),
+        lambda name: (data / "images" / name).stat().st_size, out, fs, split=split,
+    )
+    return str(root / "shards" / split)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield {
+        "root": root,
+        "train": _shards(root, "train", 12, seed=0),
+        "val": _shards(root, "val", 6, seed=1),
+        "uri": f"sqlite:///{root / 'mlflow.db'}",
+    }
+    ray.shutdown()
+
+
+def _settings(ws, run_name: str, epochs: int, **trainer) -> TrainSettings:
+    return TrainSettings.from_dict({
+        "model": {
+            "backbone": {"name": "resnet18"}, "hidden_dim": 32, "num_heads": 4,
+            "num_salient_points": 4, "num_encoder_layers": 1, "num_decoder_layers": 2,
+            "dim_feedforward": 64, "dropout": 0.0, "num_queries": 8, "num_classes": 8,
+        },
+        "optim": {"lr": 2e-4, "lr_backbone": 2e-5},
+        "data": {
+            "name": "synthetic", "train_shards": ws["train"], "val_shards": ws["val"],
+            "batch_size": 3, "eval_batch_size": 2, "shuffle_buffer": 4,
+            "train_transform": {"scales": [80, 96], "max_size": 128, "crop_sizes": [80],
+                                "crop_range": [48, 80]},
+            "eval_transform": {"size": 80, "max_size": 128},
+        },
+        "trainer": {
+            "run_name": run_name, "storage_path": str(ws["root"] / "ray"), "epochs": epochs,
+            "num_workers": 2, "cpus_per_worker": 0.5, "log_every": 1, "num_pictures": 1,
+            **trainer,
+        },
+        "tracking": {
+            "tracking_uri": ws["uri"], "experiment": "tests",
+            "artifact_location": str(ws["root"] / "artifacts"),
+            "registered_model": "tiny-detr", "alias": "candidate",
+        },
+    })
+
+
+def _run(client: MlflowClient, run_id: str):
+    return client.get_run(run_id)
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+@pytest.mark.slow
+def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
+    ws = workspace
+    summary = run_training(_settings(ws, "basic", epochs=2))
+    client = MlflowClient(ws["uri"])
+    run_id = summary["mlflow_run_id"]
+    run = _run(client, run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.hidden_dim"] == "32" and params["trainer.num_workers"] == "2"
+    assert params["optim.lr"] == "0.0002" and params["data.batch_size"] == "3"
+    for key in EPOCH_KEYS:
+        assert _steps(client, run_id, key) == [0, 1], key  # step = epoch, each once
+    # 12 images over 2 workers, batch 3: 2 steps per worker per epoch.
+    assert _steps(client, run_id, "train/loss") == [1, 2, 3, 4]
+    for key in ("train/loss_ce", "train/loss_bbox", "train/loss_giou", "train/lr",
+                "train/lr_backbone"):
+        assert _steps(client, run_id, key) == [1, 2, 3, 4], key
+    files = _artifacts(client, run_id)
+    assert {"config.yaml", "convergence.png", "predictions/epoch_001.png",
+            "predictions/epoch_002.png"} <= files
+    version = client.get_model_version_by_alias("tiny-detr", "candidate")
+    assert version.run_id == run_id
+
+    # The best checkpoint, scored in one process, gives what training reported for it.
+    best = summary["best_metrics"]
+    payload = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert payload["epoch"] == best["epoch"]
+    assert set(payload) >= {"model", "optimizer", "scheduler", "rng", "config", "settings"}
+    result = run_evaluate(EvaluateConfig(shards=ws["val"], checkpoint=summary["best_checkpoint"]))
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert result["metrics"][key] == pytest.approx(best[key], abs=1e-9), key
+
+    # The registered MLflow model (the best checkpoint behind a pyfunc) scores like the
+    # checkpoint run through samdetr's Predictor on the same images.
+    from samdetr.coco_eval import evaluate_detections
+    from samdetr.evaluation import ground_truth
+    from samdetr.inference import Predictor
+    from samdetr.shards import ShardDataset
+
+    served = run_evaluate(EvaluateConfig(shards=ws["val"], model_uri="models:/tiny-detr@candidate"))
+    predictor = Predictor.from_checkpoint(summary["best_checkpoint"])
+    rows = [ShardDataset(ws["val"])[i] for i in range(6)]
+    direct = [
+        {"image_id": row["image_id"], **predictor([row["image"]], exif_transpose=False)[0]}
+        for row in rows
+    ]
+    expected = evaluate_detections(ground_truth(ws["val"]), direct)
+    for key in ("AP", "AP50", "AR100"):
+        assert served["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key
+
+    # Same run name, more epochs: continues at epoch 2 in the same MLflow run.
+    again = run_training(_settings(ws, "basic", epochs=3))
+    assert again["mlflow_run_id"] == run_id
+    assert again["last_metrics"]["epoch"] == 2
+    for key in ("AP", "loss"):
+        assert _steps(client, run_id, key) == [0, 1, 2], key
+    assert _steps(client, run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
+    latest = torch.load(again["latest_checkpoint"], map_location="cpu", weights_only=True)
+    assert [h["epoch"] for h in latest["history"]] == [0, 1, 2]
+    assert latest["scheduler"]["last_epoch"] == 3
+
+
+@pytest.mark.slow
+def test_injected_failure_is_survived_and_each_epoch_reported_once(workspace):
+    ws = workspace
+    summary = run_training(_settings(ws, "faulty", epochs=2, fail_after_epoch=0, max_failures=1))
+    client = MlflowClient(ws["uri"])
+    run_id = summary["mlflow_run_id"]
+    assert _run(client, run_id).info.status == "FINISHED"
+    for key in ("AP", "loss", "epoch_time_s"):
+        assert _steps(client, run_id, key) == [0, 1], key
+    latest = torch.load(summary["latest_checkpoint"], map_location="cpu", weights_only=True)
+    assert [h["epoch"] for h in latest["history"]] == [0, 1]
+    assert os.path.basename(os.path.dirname(summary["latest_checkpoint"])) == "epoch_0002"
