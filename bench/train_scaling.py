@@ -1,6 +1,6 @@
 """Training throughput: Ray Train with 1 and 2 CPU workers, and a plain loop, on the same data.
 
-    python bench/train_scaling.py [--images 96] [--epochs 4] [--out bench_results]
+    python bench/train_scaling.py [--images 288] [--epochs 3] [--out bench_results]
 
 Writes synthetic shards once, then measures training images/s (the training part of each epoch,
 without evaluation; median over the epochs after the first, which warms up):
@@ -108,8 +108,8 @@ def ray_train(root: Path, train: str, val: str, workers: int, epochs: int, batch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--images", type=int, default=288)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4, help="per worker")
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     args = parser.parse_args()

@@ -171,6 +171,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             collate_fn=PadCollate(),
             local_shuffle_buffer_size=data.shuffle_buffer or None,
             local_shuffle_seed=trainer.seed + epoch if data.shuffle_buffer else None,
+            prefetch_batches=2,  # keep decoded batches ready while the step runs
         )
         step_base = global_step
 
