@@ -21,6 +21,8 @@ from pipelines.train_settings import TrainSettings, flatten
 from samdetr.evaluation import manifest_summary
 
 CHECKPOINT_FILE = "checkpoint.pt"
+#: Run tag naming the checkpoint already logged as the run's MLflow model (no duplicate versions).
+LOGGED_TAG = "samdetr.logged_checkpoint"
 
 
 def _check_data(settings: TrainSettings) -> dict[str, Any]:
@@ -142,9 +144,16 @@ def _log_final_model(settings: TrainSettings, uri: str, run_id: str, checkpoint:
     if not tracking.log_model:
         return {}
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     from pipelines.mlflow_model import log_detector_model
 
+    client = MlflowClient(uri)
+    tags = client.get_run(run_id).data.tags
+    if tags.get(LOGGED_TAG) == checkpoint:  # a re-run that trained nothing new
+        kept = {"model_uri": tags.get(LOGGED_TAG + ".uri"),
+                "registered_model": tags.get(LOGGED_TAG + ".version")}
+        return {k: v for k, v in kept.items() if v}
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = log_detector_model(
@@ -152,15 +161,16 @@ def _log_final_model(settings: TrainSettings, uri: str, run_id: str, checkpoint:
         )
     out = {"model_uri": info.model_uri}
     if tracking.registered_model:
-        from mlflow.tracking import MlflowClient
-
         version = info.registered_model_version
         out["registered_model"] = f"{tracking.registered_model} v{version}"
         if tracking.alias:
-            MlflowClient(uri).set_registered_model_alias(
+            client.set_registered_model_alias(
                 tracking.registered_model, tracking.alias, version
             )
             out["registered_model"] += f" @{tracking.alias}"
+    client.set_tag(run_id, LOGGED_TAG, checkpoint)
+    client.set_tag(run_id, LOGGED_TAG + ".uri", out["model_uri"])
+    client.set_tag(run_id, LOGGED_TAG + ".version", out.get("registered_model", ""))
     return out
 
 

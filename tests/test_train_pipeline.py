@@ -158,6 +158,10 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
     latest = torch.load(again["latest_checkpoint"], map_location="cpu", weights_only=True)
     assert [h["epoch"] for h in latest["history"]] == [0, 1, 2]
     assert latest["scheduler"]["last_epoch"] == 3
+    # A registered version per distinct best checkpoint, never a duplicate.
+    versions = client.search_model_versions("name='tiny-detr'")
+    expected_versions = 1 if again["best_checkpoint"] == summary["best_checkpoint"] else 2
+    assert len(versions) == expected_versions
 
 
 @pytest.mark.slow
