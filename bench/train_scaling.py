@@ -38,16 +38,10 @@ TRAIN_TRANSFORM = {"scales": [160, 192], "max_size": 256, "crop_sizes": [160],
 
 
 def _shards(root: Path, split: str, count: int, seed: int) -> str:
-    from samdetr.coco_rows import load_annotations, local_reader
-    from samdetr.preprocessing import write_shard_set
-    from samdetr.shards import resolve_fs
-    from samdetr.synthetic import make_synthetic_coco
+    from samdetr.synthetic import write_synthetic_shards
 
-    data = root / "data" / split
-    make_synthetic_coco(data, count, seed=seed, image_size=(160, 256))
-    fs, out = resolve_fs(root / "shards" / split, None)
-    write_shard_set(load_annotations(data / "annotations.json"), local_reader(data / "images"),
-                    lambda n: (data / "images" / n).stat().st_size, out, fs, split=split)
+    write_synthetic_shards(root / "data" / split, root / "shards" / split, count, seed=seed,
+                           split=split, image_size=(160, 256))
     return str(root / "shards" / split)
 
 

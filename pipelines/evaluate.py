@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pipelines.train_settings import CHECKPOINT_FILE
 from samdetr.coco_eval import METRIC_NAMES, evaluate_detections
 from samdetr.evaluation import eval_loader, ground_truth
 
@@ -49,9 +50,9 @@ class EvaluateConfig:
 def checkpoint_file(path: str) -> str:
     """``path`` itself, or the ``checkpoint.pt`` inside a Ray Train checkpoint folder."""
     if os.path.isdir(path):
-        inner = os.path.join(path, "checkpoint.pt")
+        inner = os.path.join(path, CHECKPOINT_FILE)
         if not os.path.isfile(inner):
-            raise FileNotFoundError(f"{path} is a folder without a checkpoint.pt")
+            raise FileNotFoundError(f"{path} is a folder without a {CHECKPOINT_FILE}")
         return inner
     return path
 

@@ -17,10 +17,9 @@ import os
 import time
 from typing import Any
 
-from pipelines.train_settings import TrainSettings, flatten
+from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings, flatten
 from samdetr.evaluation import manifest_summary
 
-CHECKPOINT_FILE = "checkpoint.pt"
 #: Run tag naming the checkpoint already logged as the run's MLflow model (no duplicate versions).
 LOGGED_TAG = "samdetr.logged_checkpoint"
 

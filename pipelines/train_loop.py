@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines.data import PadCollate
-from pipelines.train_settings import TrainSettings
+from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings
 from samdetr.builder import build_criterion, build_model
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
 from samdetr.coco_eval import METRIC_NAMES, evaluate_detections
@@ -29,7 +29,6 @@ from samdetr.evaluation import eval_loader, ground_truth
 from samdetr.optim import build_optimizer, build_scheduler
 from samdetr.postprocess import PostProcess
 
-CHECKPOINT_FILE = "checkpoint.pt"
 #: Per-epoch metrics logged to MLflow (step = epoch) and reported to Ray Train.
 EPOCH_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "loss", "images_per_s",
                  "epoch_time_s")

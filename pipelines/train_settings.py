@@ -17,6 +17,9 @@ import torch
 from samdetr.config import DetectorConfig
 from samdetr.optim import OptimConfig
 
+#: File name of the samdetr checkpoint inside each Ray Train checkpoint folder.
+CHECKPOINT_FILE = "checkpoint.pt"
+
 
 def _fields_of(cls: type, data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):

@@ -87,11 +87,6 @@ def eval_loader(
     )
 
 
-def category_names(shard_dir: str | os.PathLike[str]) -> dict[int, str]:
-    """``{category id: name}`` from the shard set's manifest."""
-    return {c["id"]: c["name"] for c in read_manifest(shard_dir)["categories"]}
-
-
 def manifest_summary(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Image count, class count K and categories of a shard set (from its manifest)."""
     manifest = read_manifest(shard_dir)

@@ -219,3 +219,25 @@ def make_synthetic_coco(
         "categories": dict(zip(ids, classes, strict=True)),
         "num_classes": max(ids) + 1,
     }
+
+
+def write_synthetic_shards(
+    data_dir: str | Path, shard_dir: str | Path, num_images: int, seed: int = 0,
+    split: str = "train", **options,
+) -> dict:
+    """A synthetic data set (:func:`make_synthetic_coco` into ``data_dir``, ``options`` passed
+    on) written as a shard set into ``shard_dir`` in this process, without Ray; returns the
+    manifest. For tests and benchmarks; ``pipelines.preprocess`` is the parallel route."""
+    from samdetr.coco_rows import load_annotations, local_reader
+    from samdetr.preprocessing import write_shard_set
+    from samdetr.shards import resolve_fs
+
+    data_dir = Path(data_dir)
+    make_synthetic_coco(data_dir, num_images, seed=seed, **options)
+    fs, out = resolve_fs(shard_dir, None)
+    return write_shard_set(
+        load_annotations(data_dir / "annotations.json"),
+        local_reader(data_dir / "images"),
+        lambda name: (data_dir / "images" / name).stat().st_size,
+        out, fs, split=split,
+    )

@@ -117,3 +117,18 @@ def test_bad_arguments(tmp_path, kwargs, error):
     arguments = {"num_images": 2, "seed": 0, **kwargs}
     with pytest.raises(error):
         make_synthetic_coco(tmp_path, **arguments)
+
+
+def test_synthetic_shards_round_trip(tmp_path):
+    from samdetr.shards import ShardDataset, verify_shards
+    from samdetr.synthetic import write_synthetic_shards
+
+    manifest = write_synthetic_shards(tmp_path / "data", tmp_path / "shards", 5, seed=3,
+                                      split="val", max_objects=2)
+    assert manifest["split"] == "val" and manifest["num_rows"] == 5 and not manifest["rejects"]
+    verify_shards(manifest, shard_dir=tmp_path / "shards")
+    document = json.loads((tmp_path / "data" / "annotations.json").read_text())
+    rows = ShardDataset(tmp_path / "shards")
+    assert sorted(rows[i]["image_id"] for i in range(len(rows))) == sorted(
+        i["id"] for i in document["images"]
+    )

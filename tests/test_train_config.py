@@ -125,16 +125,7 @@ def test_model_must_cover_the_data_categories(tmp_path):
 
 
 def _synthetic_shards(root: Path) -> str:
-    from samdetr.coco_rows import load_annotations, local_reader
-    from samdetr.preprocessing import write_shard_set
-    from samdetr.shards import resolve_fs
-    from samdetr.synthetic import make_synthetic_coco
+    from samdetr.synthetic import write_synthetic_shards
 
-    data = root / "data"
-    make_synthetic_coco(data, 4, seed=0, image_size=(64, 96), max_objects=2)
-    fs, out = resolve_fs(root / "shards", None)
-    write_shard_set(
-        load_annotations(data / "annotations.json"), local_reader(data / "images"),
-        lambda name: (data / "images" / name).stat().st_size, out, fs,
-    )
+    write_synthetic_shards(root / "data", root / "shards", 4, image_size=(64, 96), max_objects=2)
     return str(root / "shards")

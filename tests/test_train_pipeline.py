@@ -18,23 +18,14 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from pipelines.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
 from pipelines.train_settings import TrainSettings  # noqa: E402
-from samdetr.coco_rows import load_annotations, local_reader  # noqa: E402
-from samdetr.preprocessing import write_shard_set  # noqa: E402
-from samdetr.shards import resolve_fs  # noqa: E402
-from samdetr.synthetic import make_synthetic_coco  # noqa: E402
+from samdetr.synthetic import write_synthetic_shards  # noqa: E402
 
 EPOCH_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "epoch_time_s", "loss")
 
 
 def _shards(root, split: str, count: int, seed: int) -> str:
-    data = root / "data" / split
-    make_synthetic_coco(data, count, seed=seed, image_size=(80, 128), max_objects=3)
-    source = load_annotations(data / "annotations.json")
-    fs, out = resolve_fs(root / "shards" / split, None)
-    write_shard_set(
-        source, local_reader(data / "images"),
-        lambda name: (data / "images" / name).stat().st_size, out, fs, split=split,
-    )
+    write_synthetic_shards(root / "data" / split, root / "shards" / split, count, seed=seed,
+                           split=split, image_size=(80, 128), max_objects=3)
     return str(root / "shards" / split)
 
 
