@@ -29,10 +29,6 @@ from samdetr.evaluation import eval_loader, ground_truth
 from samdetr.optim import build_optimizer, build_scheduler
 from samdetr.postprocess import PostProcess
 
-#: Per-epoch metrics logged to MLflow (step = epoch) and reported to Ray Train.
-EPOCH_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "loss", "images_per_s",
-                 "epoch_time_s")
-
 
 class InjectedFailure(RuntimeError):
     """Raised by ``trainer.fail_after_epoch`` to exercise Ray Train's FailureConfig."""
@@ -188,8 +184,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             log_every=trainer.log_every,
         )
         scheduler.step()
-        train_time = time.perf_counter() - start
-        all_stats = _gather({**stats, "seconds": train_time})
+        all_stats = _gather(stats)
         global_step += all_stats[0]["steps"]
         metrics = _evaluate(model, val_batches, coco_gt, device, trainer.autocast_dtype)
         images = sum(s["images"] for s in all_stats)
