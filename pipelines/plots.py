@@ -12,11 +12,9 @@ def convergence_figure(history: Sequence[Mapping[str, float]]) -> Any:
     """AP / AP50 and the training loss against epoch (epochs numbered from 1).
 
     ``history``: one dict per epoch with ``epoch`` (0-based), ``AP``, ``AP50`` and ``loss``.
-    Returns a matplotlib Figure (Agg backend; no display needed). Close it after saving.
+    Returns a matplotlib ``Figure`` made without pyplot: no display, no global backend switch,
+    nothing to close.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
     epochs = [h["epoch"] + 1 for h in history]

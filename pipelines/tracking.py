@@ -8,7 +8,6 @@ same code works on the driver and in a worker, against SQLite or a tracking serv
 
 from __future__ import annotations
 
-import io
 import os
 import time
 import urllib.error
@@ -120,25 +119,9 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_image(self, image: Any, artifact_file: str) -> None:
-        """A PIL image as a PNG artifact."""
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        self._log_bytes(buffer.getvalue(), artifact_file)
+        """A PIL image as an artifact (format from the file name, e.g. ``.png``)."""
+        self.client.log_image(self.run_id, image, artifact_file)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100)
-        self._log_bytes(buffer.getvalue(), artifact_file)
-
-    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
-
-    def _log_bytes(self, data: bytes, artifact_file: str) -> None:
-        import tempfile
-
-        folder, name = os.path.split(artifact_file)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, name)
-            with open(path, "wb") as f:
-                f.write(data)
-            self.client.log_artifact(self.run_id, path, folder or None)
+        """A matplotlib figure as an artifact."""
+        self.client.log_figure(self.run_id, figure, artifact_file)
