@@ -58,12 +58,13 @@ def _gather(obj: Any) -> list[Any]:
 
 
 def _restore(checkpoint, model, optimizer, scheduler) -> dict[str, Any] | None:
-    """Load the run's latest Ray Train checkpoint (if any) into the parts."""
+    """Load the run's latest Ray Train checkpoint (if any) into the parts (before DDP wraps
+    the model)."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
         payload = read_checkpoint(os.path.join(folder, CHECKPOINT_FILE))
-    _unwrap(model).load_state_dict(payload["model"])
+    model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     return payload
@@ -72,10 +73,13 @@ def _restore(checkpoint, model, optimizer, scheduler) -> dict[str, Any] | None:
 def _evaluate(model, loader, coco_gt, device, autocast_dtype) -> dict[str, float]:
     """Inference on this rank's share, gathered; COCOeval once on rank 0; same numbers out."""
     detections = predict(_unwrap(model), loader, device, PostProcess(100), autocast_dtype)
-    everything = _gather(detections)
+    if _distributed():  # only rank 0 scores, so only rank 0 receives the detections
+        parts: list[Any] | None = [None] * dist.get_world_size() if coco_gt is not None else None
+        dist.gather_object(detections, parts, dst=0)
+        detections = [d for part in parts for d in part] if parts is not None else []
     metrics = None
     if coco_gt is not None:
-        metrics = evaluate_detections(coco_gt, [d for part in everything for d in part])
+        metrics = evaluate_detections(coco_gt, detections)
     if _distributed():
         box = [metrics]
         dist.broadcast_object_list(box, src=0)
@@ -83,26 +87,33 @@ def _evaluate(model, loader, coco_gt, device, autocast_dtype) -> dict[str, float
     return metrics
 
 
-def _pictures(model, settings: TrainSettings, categories, device) -> Any:
-    """The first validation images with their top detections and salient points."""
-    from pipelines.plots import image_grid
+def _picture_images(settings: TrainSettings) -> list[Any]:
+    """The first ``trainer.num_pictures`` validation images, decoded once for every epoch."""
     from samdetr.decode import decode_image
-    from samdetr.inference import Predictor
     from samdetr.shards import ShardDataset
-    from samdetr.visualize import draw_detections
 
     rows = ShardDataset(settings.data.val_shards)
     count = min(settings.trainer.num_pictures, len(rows))
+    return [
+        decode_image(row["image"], bool(row["exif_transpose"]))
+        for row in (rows[i] for i in range(count))
+    ]
+
+
+def _pictures(model, images, settings: TrainSettings, categories, device) -> Any:
+    """``images`` with their top detections and salient points, tiled into one picture."""
+    from pipelines.plots import image_grid
+    from samdetr.inference import Predictor
+    from samdetr.visualize import draw_detections
+
     names = {c["id"]: c["name"] for c in categories}
     predictor = Predictor(
         _unwrap(model), settings.data.eval_transform.get("size", 800),
         settings.data.eval_transform.get("max_size", 1333), num_top=10, device=device,
     )
     drawn = []
-    for i in range(count):
-        row = rows[i]
-        result = predictor([row["image"]], exif_transpose=bool(row["exif_transpose"]))[0]
-        image = decode_image(row["image"], bool(row["exif_transpose"]))
+    # Already decoded with their EXIF orientation applied as the rows say.
+    for image, result in zip(images, predictor(images, exif_transpose=False), strict=True):
         keep = result["scores"] >= 0.3
         if not keep.any():  # early in training: show the best few anyway
             keep = torch.arange(len(result["scores"])) < 3
@@ -145,6 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from pipelines.tracking import RunLogger
 
         logger = RunLogger(config["tracking_uri"], config["run_id"])
+    pictures = _picture_images(settings) if logger is not None else []
     coco_gt = ground_truth(data.val_shards) if rank == 0 else None
     val_batches = eval_loader(
         data.val_shards, batch_size=data.eval_batch_size, rank=rank,
@@ -197,7 +209,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         history.append({"epoch": epoch, **epoch_metrics})
         if logger is not None:
-            _log_epoch(logger, epoch, epoch_metrics, history, model, settings, config, device)
+            _log_epoch(logger, epoch, epoch_metrics, history, model, pictures, settings, config,
+                       device)
         if rank == 0:
             _say(
                 f"epoch {epoch + 1}/{trainer.epochs}: AP {epoch_metrics['AP']:.4f} "
@@ -210,14 +223,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             raise InjectedFailure(f"injected after epoch {epoch} (trainer.fail_after_epoch)")
 
 
-def _log_epoch(logger, epoch, epoch_metrics, history, model, settings, config, device) -> None:
+def _log_epoch(logger, epoch, epoch_metrics, history, model, pictures, settings, config,
+               device) -> None:
     from pipelines.plots import convergence_figure
 
     logger.log_metrics(epoch_metrics, step=epoch)
     figure = convergence_figure(history)
     logger.log_figure(figure, "convergence.png")
-    if settings.trainer.num_pictures:
-        grid = _pictures(model, settings, config.get("categories") or [], device)
+    if pictures:
+        grid = _pictures(model, pictures, settings, config.get("categories") or [], device)
         if grid is not None:
             logger.log_image(grid, f"predictions/epoch_{epoch + 1:03d}.png")
 
