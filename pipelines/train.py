@@ -103,16 +103,15 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     start = time.perf_counter()
-    ok = False
     try:
-        result = trainer.fit()
-        ok = True
-    finally:
-        if run_id is not None and not ok:
+        summary = _summarise(trainer.fit(), settings, time.perf_counter() - start)
+        if run_id is not None:
+            summary.update(_log_final_model(settings, uri, run_id, summary["best_checkpoint"]))
+    except BaseException:
+        if run_id is not None:  # whatever stopped the run, MLflow must not show it running
             mlf.finish_run(uri, run_id, ok=False)
-    summary = _summarise(result, settings, time.perf_counter() - start)
+        raise
     if run_id is not None:
-        summary.update(_log_final_model(settings, uri, run_id, summary["best_checkpoint"]))
         mlf.finish_run(uri, run_id, ok=True)
         summary["mlflow_run_id"] = run_id
         summary["tracking_uri"] = uri
@@ -122,10 +121,9 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
 def _summarise(result: Any, settings: TrainSettings, seconds: float) -> dict[str, Any]:
     if result.error is not None:
         raise result.error
-    best = result.get_best_checkpoint(metric="AP", mode="max") if result.best_checkpoints else None
-    if best is None:
+    if not result.best_checkpoints:
         raise RuntimeError("training reported no checkpoint")
-    best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
+    best, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["AP"])
     return {
         "run_name": settings.trainer.run_name,
         "best_checkpoint": os.path.join(best.path, CHECKPOINT_FILE),
@@ -217,8 +215,6 @@ def main() -> None:
     @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
     def _run(cfg: DictConfig) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        for key in ("annotations", "images", "root"):  # the data group's preprocessing inputs
-            plain["data"].pop(key, None)
         settings = TrainSettings.from_dict(plain)
         print(format_summary(run_training(settings, OmegaConf.to_yaml(cfg, resolve=True))))
 
