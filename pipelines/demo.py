@@ -41,8 +41,6 @@ def _settings(out: Path, epochs: int, workers: int):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    for key in ("annotations", "images", "root"):
-        plain["data"].pop(key, None)
     return TrainSettings.from_dict(plain), OmegaConf.to_yaml(cfg, resolve=True)
 
 
@@ -114,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _print_history(summary: dict) -> None:
-    import torch
+    from samdetr.checkpoint import read_checkpoint
 
-    payload = torch.load(summary["latest_checkpoint"], map_location="cpu", weights_only=True)
+    payload = read_checkpoint(summary["latest_checkpoint"])
     print("\nCOCO AP on the validation images, epoch by epoch (# = 0.1 AP50 point):")
     for entry in payload["history"]:
         bar = "#" * int(round(1000 * max(entry["AP50"], 0.0)))  # one # per 0.1 AP50 point

@@ -19,6 +19,8 @@ from samdetr.optim import OptimConfig
 
 #: File name of the samdetr checkpoint inside each Ray Train checkpoint folder.
 CHECKPOINT_FILE = "checkpoint.pt"
+#: Keys of a ``data`` config group (conf/data/*.yaml) that only preprocessing reads.
+SOURCE_KEYS = ("annotations", "images", "root")
 
 
 def _fields_of(cls: type, data: Any, where: str) -> dict[str, Any]:
@@ -34,6 +36,13 @@ def _fields_of(cls: type, data: Any, where: str) -> dict[str, Any]:
 def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _without_source(data: Any) -> Any:
+    """The ``data`` node without the preprocessing inputs the same config group carries."""
+    if not isinstance(data, dict):
+        return data
+    return {k: v for k, v in data.items() if k not in SOURCE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -181,7 +190,7 @@ class TrainSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSettings:
         """From Hydra's resolved dict: ``model``, ``loss``, ``optim``, ``data``, ``trainer``,
-        ``tracking`` nodes (``loss`` optional)."""
+        ``tracking`` nodes (``loss`` optional; the data group's :data:`SOURCE_KEYS` ignored)."""
         data = _fields_of(_Raw, data, "train settings")
         detector = DetectorConfig.from_dict(
             {"model": data["model"], "loss": data.get("loss") or {}}
@@ -189,7 +198,7 @@ class TrainSettings:
         return cls(
             detector=detector,
             optim=OptimConfig.from_dict(data.get("optim") or {}),
-            data=DataSettings(**_fields_of(DataSettings, data["data"], "data")),
+            data=DataSettings(**_fields_of(DataSettings, _without_source(data["data"]), "data")),
             trainer=TrainerSettings(**_fields_of(TrainerSettings, data["trainer"], "trainer")),
             tracking=TrackingSettings(
                 **_fields_of(TrackingSettings, data.get("tracking") or {}, "tracking")

@@ -25,8 +25,6 @@ def _compose(overrides: list[str]) -> dict:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    for key in ("annotations", "images", "root"):
-        plain["data"].pop(key, None)
     return plain
 
 
