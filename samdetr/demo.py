@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         outputs = model([pixels])
     result = PostProcess(num_top=len(labels))(outputs, torch.tensor([[height, width]]))[0]
-    query = torch.topk(outputs["pred_logits"][0].sigmoid().flatten(), len(labels)).indices
-    points = outputs["salient_points"][0][query // config.model.num_classes]
+    points = outputs["salient_points"][0][result["queries"]]
     iou = box_iou(result["boxes"], boxes_px)
     print("\ndetections (top-k = number of objects):")
     print(f"  {'score':>6}  {'label':<14} {'box xyxy (px)':<28} best IoU with ground truth")

@@ -163,20 +163,13 @@ class Predictor:
         outputs = self.model(batch.to(self.device), mask.to(self.device))
         target_sizes = torch.stack(sizes).to(self.device)
         results = PostProcess(num_top)(outputs, target_sizes)
-        # PostProcess keeps the top-k of the flattened (Q * K) scores; the same top-k gives each
-        # detection's query (index // K) and so its salient points.
         logits = outputs["pred_logits"]
-        num_queries, num_classes = logits.shape[1:]
-        k = min(num_top, num_queries * num_classes)
-        flat_idx = torch.topk(logits.sigmoid().flatten(1), k, dim=1, sorted=True).indices
-        query_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")  # (B, k)
         points = outputs.get("salient_points")  # (B, Q, M, 2); absent for the baseline decoder
         if points is None:
-            points = logits.new_zeros(logits.shape[0], num_queries, 0, 2)
-        index = query_idx[:, :, None, None].expand(-1, -1, *points.shape[2:])
-        picked = torch.gather(points, 1, index)  # (B, k, M, 2)
+            points = logits.new_zeros(*logits.shape[:2], 0, 2)
         out = []
-        for result, size, pts in zip(results, target_sizes, picked, strict=True):
+        for result, size, pts in zip(results, target_sizes, points, strict=True):
+            pts = pts[result["queries"]]  # (k, M, 2): the salient points of each detection
             # Predicted boxes may reach past the border; a caller wants pixels inside the image.
             height, width = size.to(result["boxes"].dtype).unbind()
             limits = torch.stack([width, height, width, height])

@@ -46,8 +46,9 @@ class PostProcess(nn.Module):
             target_sizes: (B, 2) original image sizes as (height, width) in pixels.
 
         Returns:
-            List of B dicts with ``scores`` (k,) descending, ``labels`` (k,) int64 class ids and
-            ``boxes`` (k, 4) absolute (x1, y1, x2, y2) pixels, k = min(num_top, Q * K).
+            List of B dicts with ``scores`` (k,) descending, ``labels`` (k,) int64 class ids,
+            ``boxes`` (k, 4) absolute (x1, y1, x2, y2) pixels and ``queries`` (k,) the query
+            each detection comes from (e.g. to pick its salient points), k = min(num_top, Q * K).
         """
         batch, num_queries, num_classes = validate_outputs(outputs)
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
@@ -71,6 +72,6 @@ class PostProcess(nn.Module):
         xyxy = xyxy * scale[:, None, :]
 
         return [
-            {"scores": s, "labels": lab, "boxes": b}
-            for s, lab, b in zip(scores, labels.to(torch.int64), xyxy, strict=True)
+            {"scores": s, "labels": lab, "boxes": b, "queries": q}
+            for s, lab, b, q in zip(scores, labels.to(torch.int64), xyxy, query_idx, strict=True)
         ]

@@ -97,3 +97,23 @@ def test_validation():
         PostProcess()(outputs, torch.tensor([[100, 200]]))
     with pytest.raises(ValueError):
         PostProcess(num_top=0)
+
+
+def test_queries_name_the_query_of_each_detection():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 5, generator=generator)
+    boxes = torch.rand(2, 7, 4, generator=generator) * 0.5 + 0.25
+    sizes = torch.tensor([[100, 200], [60, 80]])
+    results = PostProcess(num_top=9)({"pred_logits": logits, "pred_boxes": boxes}, sizes)
+    for b, result in enumerate(results):
+        queries = result["queries"]
+        assert queries.shape == (9,) and queries.dtype == torch.int64
+        # Each detection's score is its query's sigmoid score for its label ...
+        expected = logits[b, queries, result["labels"]].sigmoid()
+        torch.testing.assert_close(result["scores"], expected)
+        # ... and its box is that query's box in pixels.
+        cx, cy, w, h = boxes[b, queries].unbind(-1)
+        height, width = sizes[b].tolist()
+        corners = torch.stack([(cx - w / 2) * width, (cy - h / 2) * height,
+                               (cx + w / 2) * width, (cy + h / 2) * height], -1)
+        torch.testing.assert_close(result["boxes"], corners)
