@@ -76,10 +76,9 @@ def plain_loop(train: str, epochs: int, batch_size: int) -> list[float]:
 
 def ray_train(root: Path, train: str, val: str, workers: int, epochs: int, batch: int) -> dict:
     """images/s per epoch reported by the real training pipeline (tracking off)."""
-    import torch
-
     from pipelines.train import run_training
     from pipelines.train_settings import TrainSettings
+    from samdetr.checkpoint import read_checkpoint
 
     settings = TrainSettings.from_dict({
         "model": MODEL,
@@ -96,7 +95,7 @@ def ray_train(root: Path, train: str, val: str, workers: int, epochs: int, batch
     start = time.perf_counter()
     summary = run_training(settings)
     wall = time.perf_counter() - start
-    payload = torch.load(summary["latest_checkpoint"], map_location="cpu", weights_only=True)
+    payload = read_checkpoint(summary["latest_checkpoint"])
     return {"rates": [h["images_per_s"] for h in payload["history"]], "wall_s": wall}
 
 
