@@ -48,10 +48,10 @@ def _check_data(settings: TrainSettings) -> dict[str, Any]:
 def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, Any]:
     """Train (or resume) the run; returns a summary with the best checkpoint and metrics."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.data import training_dataset
+    from pipelines.data import EpochClock, EveryImageDataConfig, training_dataset
     from pipelines.train_loop import train_loop_per_worker
 
     data = _check_data(settings)
@@ -73,9 +73,11 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
     if not ray.is_initialized():
         ray.init(address=settings.trainer.ray_address, log_to_driver=True)
     trainer_settings = settings.trainer
+    clock = EpochClock.create(trainer_settings.run_name)
     dataset = training_dataset(
         settings.data.train_shards, train=True,
         transform_kwargs=settings.data.train_transform, seed=trainer_settings.seed,
+        epoch_clock=clock.name, rows_per_block=settings.data.rows_per_block,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -84,6 +86,7 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
             "run_id": run_id,
             "tracking_uri": uri,
             "categories": data["train"]["categories"],
+            "epoch_clock": clock.name,
         },
         scaling_config=ScalingConfig(
             num_workers=trainer_settings.num_workers,
@@ -100,7 +103,7 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
             failure_config=FailureConfig(max_failures=trainer_settings.max_failures),
         ),
         datasets={"train": dataset},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=EveryImageDataConfig(),
     )
     start = time.perf_counter()
     try:
@@ -111,6 +114,8 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
         if run_id is not None:  # whatever stopped the run, MLflow must not show it running
             mlf.finish_run(uri, run_id, ok=False)
         raise
+    finally:
+        clock.close()
     if run_id is not None:
         mlf.finish_run(uri, run_id, ok=True)
         summary["mlflow_run_id"] = run_id

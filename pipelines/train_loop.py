@@ -2,7 +2,8 @@
 over the workers, checkpoints, and rank 0's MLflow logging.
 
 ``train_loop_config`` is a plain dict: ``settings`` (``TrainSettings.to_dict()``),
-``run_id`` / ``tracking_uri`` of the MLflow run (or ``None``), and ``categories``.
+``run_id`` / ``tracking_uri`` of the MLflow run (or ``None``), ``categories``, and
+``epoch_clock``, the name of the run's :class:`pipelines.data.EpochClock`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from pipelines.data import PadCollate
+from pipelines.data import EpochClock, PadCollate
 from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings
 from samdetr.builder import build_criterion, build_model
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
@@ -173,6 +174,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, trainer.epochs):
         # Seeding per epoch makes a resumed run draw what an uninterrupted one would.
         seed_everything(trainer.seed + rank + 1000 * epoch)
+        if rank == 0 and config.get("epoch_clock"):  # before this epoch's first batch
+            EpochClock.set_epoch(config["epoch_clock"], epoch)
         batches = train_shard.iter_torch_batches(
             batch_size=data.batch_size,
             collate_fn=PadCollate(),
@@ -200,10 +203,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         global_step += all_stats[0]["steps"]
         metrics = _evaluate(model, val_batches, coco_gt, device, trainer.autocast_dtype)
         images = sum(s["images"] for s in all_stats)
-        weighted = sum(s["loss"] * s["steps"] for s in all_stats)
+        weighted = sum(s["loss"] * s["batches"] for s in all_stats)
         epoch_metrics = {
             **{k: metrics[k] for k in METRIC_NAMES},
-            "loss": weighted / max(1, sum(s["steps"] for s in all_stats)),
+            "loss": weighted / max(1, sum(s["batches"] for s in all_stats)),
             "images_per_s": images / max(s["seconds"] for s in all_stats),
             "epoch_time_s": time.perf_counter() - start,
         }

@@ -57,6 +57,9 @@ class DataSettings:
     train_transform: dict[str, Any] = field(default_factory=dict)  # train_transforms kwargs
     eval_transform: dict[str, Any] = field(default_factory=lambda: {"size": 800, "max_size": 1333})
     shuffle_buffer: int = 64  # rows shuffled locally in each worker (0: off)
+    # Rows per Ray Data block: blocks are dealt to the workers whole, so the workers' shares of
+    # an epoch end at most this many images apart (smaller: finer balance, more tasks).
+    rows_per_block: int = 16
     eval_loader_workers: int = 0  # DataLoader processes decoding validation images
 
     def __post_init__(self) -> None:
@@ -66,6 +69,7 @@ class DataSettings:
         _positive_int(self.batch_size, "data.batch_size")
         _positive_int(self.eval_batch_size, "data.eval_batch_size")
         _positive_int(self.shuffle_buffer, "data.shuffle_buffer", 0)
+        _positive_int(self.rows_per_block, "data.rows_per_block")
         _positive_int(self.eval_loader_workers, "data.eval_loader_workers", 0)
         allowed = {"scales", "max_size", "crop_sizes", "crop_range"}
         if not isinstance(self.train_transform, dict) or set(self.train_transform) - allowed:

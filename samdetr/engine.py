@@ -38,6 +38,20 @@ def _to_device(targets: list[dict[str, Tensor]], device: torch.device) -> list[d
     return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
 
 
+def _standin_batch(device: torch.device) -> Batch:
+    """A one-image batch without boxes for a rank that has run out of data (weighted by 0)."""
+    images = torch.zeros(1, 3, 128, 128, device=device)
+    mask = torch.zeros(1, 128, 128, dtype=torch.bool, device=device)
+    target = {
+        "boxes": torch.zeros(0, 4, device=device),
+        "labels": torch.zeros(0, dtype=torch.int64, device=device),
+        "image_id": torch.tensor(-1, device=device),
+        "orig_size": torch.tensor([128, 128], device=device),
+        "size": torch.tensor([128, 128], device=device),
+    }
+    return images, mask, [target]
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: SetCriterion,
@@ -53,16 +67,21 @@ def train_one_epoch(
     """Train over ``batches`` once.
 
     Args:
-        world_reduce: averages the box-count normaliser over workers (e.g.
-            :func:`samdetr.criterion.distributed_mean`); ``None`` for one process.
+        world_reduce: for data-parallel training, the mean of a tensor over all workers (e.g.
+            :func:`samdetr.criterion.distributed_mean`); ``None`` for one process. Every step,
+            one call averages the box-count normaliser and tells whether any worker still has
+            a batch. Workers may hold different numbers of batches: one that has run out takes
+            zero-weight steps on a stand-in batch until all have, so DDP's gradient all-reduce
+            stays in step and the gradients are exactly those of the workers with data.
         on_step: called every ``log_every`` steps (and after the last) as
             ``on_step(step, values)`` with ``step`` counted from 1 in this epoch and ``values`` the
             weighted ``loss``, :data:`LOGGED_TERMS`, ``lr`` (first group), ``lr_backbone`` and
             ``grad_norm`` of that step. Reading values syncs the GPU, so it is done only then.
 
     Returns:
-        ``loss`` and :data:`LOGGED_TERMS` averaged over this worker's steps, plus ``steps``,
-        ``images`` and ``seconds``.
+        ``loss`` and :data:`LOGGED_TERMS` averaged over this worker's batches, plus ``steps``
+        (optimizer steps, the same on every worker), ``batches`` and ``images`` (this worker's
+        own) and ``seconds``.
 
     Raises:
         FloatingPointError: when the loss becomes NaN or infinite (training cannot recover).
@@ -72,21 +91,33 @@ def train_one_epoch(
     model.train()
     criterion.train()
     sums = torch.zeros(len(LOGGED_TERMS) + 1, dtype=torch.float64, device=device)
-    steps = images_seen = 0
+    steps = own_batches = images_seen = 0
     start = time.perf_counter()
     last: dict[str, Tensor] | None = None
-    for images, mask, targets in batches:
+    source = iter(batches)
+    while True:
+        batch = next(source, None)
+        if world_reduce is None:
+            if batch is None:
+                break
+            num_boxes = num_boxes_for(batch[2], device)
+        else:
+            num_boxes, anyone_has_data = _agree(batch, device, world_reduce)
+            if not anyone_has_data:
+                break
+        own = batch is not None
+        images, mask, targets = batch if own else _standin_batch(device)
         images = images.to(device, non_blocking=True)
         mask = mask.to(device, non_blocking=True)
         targets = _to_device(targets, device)
-        num_boxes = num_boxes_for(targets, device, world_reduce)
         with autocast_context(device, autocast_dtype):
             outputs = model(images, mask)
         # The criterion computes in float32 whatever the autocast dtype of the outputs.
         losses = criterion(outputs, targets, num_boxes)
         total = criterion.weighted_total(losses)
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        # A stand-in step contributes zero gradients but takes part in DDP's all-reduce.
+        (total if own else total * 0.0).backward()
         if clip_max_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
         else:
@@ -94,19 +125,37 @@ def train_one_epoch(
         optimizer.step()
 
         steps += 1
-        images_seen += images.shape[0]
-        values = torch.stack([total.detach()] + [losses[k].detach() for k in LOGGED_TERMS])
-        sums += values.double()
-        last = {"values": values, "grad_norm": grad_norm.detach()}
-        if steps % log_every == 0:
+        if own:
+            own_batches += 1
+            images_seen += images.shape[0]
+            values = torch.stack([total.detach()] + [losses[k].detach() for k in LOGGED_TERMS])
+            sums += values.double()
+            last = {"values": values, "grad_norm": grad_norm.detach()}
+        if steps % log_every == 0 and last is not None:
             _report(steps, last, optimizer, on_step)
             last = None
     if last is not None:
         _report(steps, last, optimizer, on_step)
-    means = (sums / max(steps, 1)).tolist()
+    means = (sums / max(own_batches, 1)).tolist()
     out = dict(zip(("loss", *LOGGED_TERMS), means, strict=True))
-    out.update(steps=steps, images=images_seen, seconds=time.perf_counter() - start)
+    out.update(
+        steps=steps, batches=own_batches, images=images_seen,
+        seconds=time.perf_counter() - start,
+    )
     return out
+
+
+def _agree(
+    batch: Batch | None, device: torch.device, world_reduce: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, bool]:
+    """One collective per step: the mean box count (clamped to >= 1, see
+    :func:`samdetr.criterion.num_boxes_for`) and whether any worker still has a batch."""
+    count = sum(int(t["labels"].shape[0]) for t in batch[2]) if batch is not None else 0
+    local = torch.tensor([float(count), float(batch is not None)], device=device)
+    reduced = world_reduce(local)
+    if not isinstance(reduced, Tensor) or reduced.shape != local.shape:
+        raise TypeError("world_reduce must return a tensor shaped like its input")
+    return reduced[0].clamp(min=1.0), bool(reduced[1].item() > 0)
 
 
 def _report(

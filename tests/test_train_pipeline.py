@@ -55,7 +55,7 @@ def _settings(ws, run_name: str, epochs: int, **trainer) -> TrainSettings:
         "optim": {"lr": 2e-4, "lr_backbone": 2e-5},
         "data": {
             "name": "synthetic", "train_shards": ws["train"], "val_shards": ws["val"],
-            "batch_size": 3, "eval_batch_size": 2, "shuffle_buffer": 4,
+            "batch_size": 3, "eval_batch_size": 2, "shuffle_buffer": 4, "rows_per_block": 3,
             "train_transform": {"scales": [80, 96], "max_size": 128, "crop_sizes": [80],
                                 "crop_range": [48, 80]},
             "eval_transform": {"size": 80, "max_size": 128},
@@ -101,7 +101,7 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
     assert params["optim.lr"] == "0.0002" and params["data.batch_size"] == "3"
     for key in EPOCH_KEYS:
         assert _steps(client, run_id, key) == [0, 1], key  # step = epoch, each once
-    # 12 images over 2 workers, batch 3: 2 steps per worker per epoch.
+    # 12 images in blocks of 3 over 2 workers, batch 3: 2 steps per worker per epoch.
     assert _steps(client, run_id, "train/loss") == [1, 2, 3, 4]
     for key in ("train/loss_ce", "train/loss_bbox", "train/loss_giou", "train/lr",
                 "train/lr_backbone"):
