@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ import pyarrow.fs as pafs
 from samdetr.coco_rows import filesystem_reader, load_annotations, raise_on_rejects
 from samdetr.preprocessing import ShardTask, build_shard, combine, plan_tasks
 from samdetr.shards import MANIFEST_NAME, clear_manifest, resolve_fs, write_manifest
+from samdetr.storage import file_sizes
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,57 @@ def _encode_task(
     return {"result": results}
 
 
-def _file_sizes(fs: pafs.FileSystem, image_dir: str, names: list[str]) -> dict[str, int]:
-    infos = fs.get_file_info([f"{image_dir.rstrip('/')}/{n}" for n in names])
-    return {
-        n: (i.size or 0) if i.type == pafs.FileType.File else 0
-        for n, i in zip(names, infos, strict=True)
-    }
+class ShardProgress:
+    """Progress lines of a run: shards and images done, images/s and the time left.
+
+    A line at most every ``every_s`` seconds as shards finish, and one for the last shard.
+    """
+
+    def __init__(self, images_per_shard: dict[int, int], write: Callable[[str], None],
+                 every_s: float = 10.0):
+        self.images_per_shard, self.write, self.every_s = images_per_shard, write, every_s
+        self.total = sum(images_per_shard.values())
+        self.shards_done = self.images_done = 0
+        self.start = time.perf_counter()
+        self.last_line = -math.inf
+
+    def shard_done(self, index: int) -> None:
+        self.shards_done += 1
+        self.images_done += self.images_per_shard[index]
+        now = time.perf_counter()
+        if now - self.last_line >= self.every_s or self.shards_done == len(self.images_per_shard):
+            self.last_line = now
+            self.write(self.line(now - self.start))
+
+    def line(self, elapsed: float) -> str:
+        rate = self.images_done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.images_done) / rate if rate > 0 else math.inf
+        percent = 100.0 * self.images_done / max(1, self.total)
+        return (
+            f"[preprocess] {self.shards_done}/{len(self.images_per_shard)} shards, "
+            f"{self.images_done}/{self.total} images ({percent:.1f}%), {rate:.1f} images/s, "
+            f"{_duration(left)} left"
+        )
 
 
-def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
-    """Write the shards and the manifest; returns the manifest (with a ``summary``)."""
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "? s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def run_preprocess(
+    config: PreprocessConfig, progress: Callable[[str], None] | None = None,
+    progress_every_s: float = 10.0,
+) -> dict[str, Any]:
+    """Write the shards and the manifest; returns the manifest (with a ``summary``).
+
+    ``progress`` (e.g. ``print``) receives a start line and :class:`ShardProgress` lines.
+    """
     import ray  # heavy; imported only when a run starts
 
     start = time.perf_counter()
@@ -110,7 +154,7 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
     if config.strict:
         raise_on_rejects(source.rejects, context=config.annotations)
     fs_img, image_dir = resolve_fs(config.images, None)
-    sizes = _file_sizes(fs_img, image_dir, [info["file_name"] for info in source.images])
+    sizes = file_sizes(fs_img, image_dir, [info["file_name"] for info in source.images])
     tasks = plan_tasks(source, sizes.__getitem__, config.split, int(config.shard_size_mb * 2**20))
     fs_out.create_dir(out_dir, recursive=True)
     images_uri = config.images if "://" in config.images else image_dir
@@ -122,6 +166,11 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
     results = []
     if payloads:
         workers = max(1, min(len(payloads), int(ray.cluster_resources().get("CPU", 1))))
+        tracker = ShardProgress({t.index: len(t.items) for t in tasks},
+                                progress or (lambda _: None), progress_every_s)
+        if progress is not None:
+            progress(f"[preprocess] {tracker.total} images -> {len(tasks)} shards in "
+                     f"{config.output}, {workers} tasks at a time")
         # A one-operator pipeline: Ray Data's default reservation of resources for downstream
         # operators only throttles it (2 CPUs: 1.2 tasks at a time on average instead of 1.7).
         context = ray.data.DataContext.get_current()
@@ -143,7 +192,9 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
                     prefer_exif=config.prefer_exif,
                 ),
             )
-            results = [json.loads(r["result"]) for r in encoded.take_all()]
+            for row in encoded.iter_rows():  # as shards finish, in any order
+                results.append(json.loads(row["result"]))
+                tracker.shard_done(results[-1]["index"])
         finally:
             context.op_resource_reservation_enabled = reserved
     shards, rejects, counters = combine(results, source.rejects)
@@ -163,6 +214,7 @@ def run_preprocess(config: PreprocessConfig) -> dict[str, Any]:
         rejects=rejects,
         counters=counters,
     )
+    manifest["root"] = output_uri  # the URI (s3://...), not the path on its filesystem
     seconds = time.perf_counter() - start
     manifest["summary"] = {
         "images": counters.get("images", 0),
@@ -208,7 +260,7 @@ def main() -> None:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         data = plain.pop("data")
         plain["annotations"], plain["images"] = data["annotations"], data["images"]
-        manifest = run_preprocess(PreprocessConfig.from_dict(plain))
+        manifest = run_preprocess(PreprocessConfig.from_dict(plain), progress=print)
         print(format_summary(manifest))
 
     _run()

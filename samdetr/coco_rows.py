@@ -46,6 +46,7 @@ import pyarrow.fs as pafs
 from PIL import Image
 
 from samdetr.row_schema import ROW_COLUMNS, ROW_SCHEMA, rows_to_table
+from samdetr.storage import resolve_fs
 
 __all__ = [
     "ROW_SCHEMA", "ROW_COLUMNS", "COUNTER_KEYS", "CocoSource", "load_annotations", "encode_row",
@@ -101,13 +102,16 @@ def _require_int(value: Any, what: str) -> int:
 def load_annotations(
     path: str | os.PathLike[str], filesystem: Any = None, strict: bool = False
 ) -> CocoSource:
-    """Read a COCO instances JSON (a local path, or a path on a ``pyarrow.fs.FileSystem``).
+    """Read a COCO instances JSON: a local path, a URI (``s3://bucket/annotations.json``) or a
+    path on the ``pyarrow.fs.FileSystem`` given as ``filesystem``.
 
     Annotations naming an unknown image or category become rejects (ValueError when
     ``strict``). Structural problems (missing sections, duplicate image / annotation /
     category ids, non-integer ids, no categories) raise ValueError.
     """
     path = os.fspath(path)
+    if filesystem is None and "://" in path:
+        filesystem, path = resolve_fs(path)
     if filesystem is None:
         with open(path, "rb") as f:
             raw = f.read()

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
 from samdetr.coco_rows import ROW_COLUMNS, ROW_SCHEMA
+from samdetr.storage import is_local, resolve_fs
 
 __all__ = [
     "MANIFEST_NAME",
@@ -44,6 +45,7 @@ __all__ = [
     "iter_rows",
     "plan_shards",
     "read_manifest",
+    "resolve_fs",
     "shard_file_name",
     "verify_shards",
     "write_manifest",
@@ -58,37 +60,22 @@ DEFAULT_ROW_GROUP_BYTES = 16 * 2**20
 _SHARD_KEYS = ("file", "rows", "boxes", "bytes", "sha256")
 
 
-def resolve_fs(path: str | os.PathLike[str], fs: pafs.FileSystem | None) -> tuple[Any, str]:
-    """``(filesystem, path)``: a URI (``s3://...``) is resolved by pyarrow, else local."""
-    path = os.fspath(path)
-    if fs is not None:
-        if not isinstance(fs, pafs.FileSystem):
-            raise TypeError(f"fs must be a pyarrow.fs.FileSystem, got {type(fs).__name__}")
-        return fs, path
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
 def _join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}" if base else name
 
 
-def _is_local(fs: pafs.FileSystem) -> bool:
-    if isinstance(fs, pafs.SubTreeFileSystem):
-        return _is_local(fs.base_fs)
-    return isinstance(fs, pafs.LocalFileSystem)
-
-
 def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path``; atomically (temp + rename) on a local filesystem."""
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    if not _is_local(fs):  # object stores: a single PUT is already all-or-nothing
+    """Write ``data`` to ``path``; atomically (temp + rename) on a local filesystem.
+
+    On an object store a single upload is already all-or-nothing, and no folder is needed.
+    """
+    if not is_local(fs):
         with fs.open_output_stream(path) as f:
             f.write(data)
         return
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with fs.open_output_stream(tmp) as f:
@@ -268,6 +255,10 @@ def read_manifest(
         with rfs.open_input_stream(path) as f:
             raw = f.read()
     except FileNotFoundError as exc:
+        if rfs.get_file_info(base).type == pafs.FileType.NotFound:
+            raise ValueError(
+                f"no manifest: {os.fspath(shard_dir)} does not exist, so it holds no shard set"
+            ) from exc
         raise ValueError(
             f"no manifest: the shard set is incomplete or still being written ({path} not found)"
         ) from exc

@@ -12,7 +12,12 @@ pytest.importorskip("ray")
 
 import ray  # noqa: E402
 
-from pipelines.preprocess import PreprocessConfig, format_summary, run_preprocess  # noqa: E402
+from pipelines.preprocess import (  # noqa: E402
+    PreprocessConfig,
+    ShardProgress,
+    format_summary,
+    run_preprocess,
+)
 from samdetr.shards import ShardDataset, read_manifest, verify_shards  # noqa: E402
 
 
@@ -135,7 +140,30 @@ def test_uri_paths_go_through_pyarrow_filesystems(local_ray, damaged_coco, tmp_p
         images="file://" + damaged_coco["images"],
         output="file://" + str(out),
     )
-    manifest = run_preprocess(config)
+    lines = []
+    manifest = run_preprocess(config, progress=lines.append, progress_every_s=0.0)
     assert manifest["num_rows"] == damaged_coco["n"] - 2
     verify_shards(read_manifest("file://" + str(out)))
     assert len(ShardDataset(out)) == manifest["num_rows"]
+    # A start line, then one line per finished shard (every_s=0), the last one complete.
+    shards = len(manifest["shards"])
+    assert lines[0].startswith(f"[preprocess] {damaged_coco['n']} images -> {shards} shards")
+    assert len(lines) == 1 + shards
+    assert lines[-1].startswith(f"[preprocess] {shards}/{shards} shards, ")
+    assert f"{damaged_coco['n']}/{damaged_coco['n']} images (100.0%)" in lines[-1]
+    assert lines[-1].endswith(" 0s left")
+
+
+def test_progress_lines_are_throttled_and_estimate_the_time_left():
+    written = []
+    progress = ShardProgress({0: 10, 1: 30, 2: 60}, written.append, every_s=3600.0)
+    progress.shard_done(1)  # the first line is due at once
+    progress.shard_done(0)  # within the hour: no line
+    assert len(written) == 1 and written[0].startswith("[preprocess] 1/3 shards, 30/100 images")
+    assert progress.line(elapsed=10.0).endswith("4.0 images/s, 15s left")
+    progress.shard_done(2)  # the last shard always gets its line
+    assert len(written) == 2 and "100/100 images (100.0%)" in written[1]
+    slow = ShardProgress({0: 1, 1: 99}, written.append)
+    assert slow.line(elapsed=10.0).endswith("0.0 images/s, ? s left")
+    slow.images_done = 1
+    assert slow.line(elapsed=10.0).endswith("0.1 images/s, 16m30s left")

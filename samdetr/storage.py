@@ -1,0 +1,115 @@
+"""Where data lives: local paths or URIs of any pyarrow filesystem (``s3://``, ``gs://``, ...).
+
+:func:`resolve_fs` turns a path or URI into ``(pyarrow filesystem, path on it)``. Nothing here
+is specific to one object store: a URI is resolved by ``pyarrow.fs.FileSystem.from_uri``, which
+reads the store's usual configuration (S3: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` ...; GCS: application default credentials), and the
+bucket is checked when a URI is resolved (one metadata request), so a missing bucket or an
+unreachable server fails at once with a clear message instead of deep inside a read or write.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+__all__ = ["file_sizes", "is_local", "resolve_fs"]
+
+# Signs of a refused bucket-level request (S3 HeadBucket needs s3:ListBucket, GCS bucket
+# metadata needs storage.buckets.get): object-level rights may still suffice, so go on.
+_DENIED_MARKS = ("ACCESS_DENIED", "AccessDenied", "PERMISSION_DENIED", "Forbidden", "403")
+
+
+def is_local(fs: pafs.FileSystem) -> bool:
+    """Whether ``fs`` is the local filesystem (possibly under a SubTreeFileSystem)."""
+    if isinstance(fs, pafs.SubTreeFileSystem):
+        return is_local(fs.base_fs)
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def resolve_fs(path: str | os.PathLike[str], fs: pafs.FileSystem | None = None) -> tuple[Any, str]:
+    """``(filesystem, path)`` for a local path or a URI.
+
+    With ``fs`` given, ``path`` is a path on it and is returned unchanged. A URI
+    (``s3://bucket/prefix``, ``gs://bucket/prefix``, ``file:///abs/path``) is resolved by
+    pyarrow; a plain path becomes an absolute local one. On an object store the bucket is
+    checked (one request): ValueError when it does not exist, OSError naming the URI when the
+    store cannot be reached (after pyarrow's own retries: ~6 s for S3).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if fs is not None:
+        if not isinstance(fs, pafs.FileSystem):
+            raise TypeError(f"fs must be a pyarrow.fs.FileSystem, got {type(fs).__name__}")
+        return fs, path
+    if not path:
+        raise ValueError("empty path: expected a local path or a URI such as s3://bucket/prefix")
+    if "://" not in path:
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    try:
+        rfs, rpath = pafs.FileSystem.from_uri(path)
+    except pa.ArrowInvalid as exc:  # unknown scheme, bad query parameter, malformed URI
+        raise ValueError(
+            f"cannot open {path!r}: {exc} (expected a local path or a URI such as "
+            "s3://bucket/prefix, gs://bucket/prefix or file:///absolute/path)"
+        ) from exc
+    except OSError as exc:  # e.g. S3 region lookup or a missing HDFS client
+        raise OSError(f"cannot open {path!r}: {exc}") from exc
+    if not is_local(rfs):
+        if not rpath.strip("/"):
+            raise ValueError(f"{path!r} names no bucket: expected scheme://bucket/prefix")
+        _check_bucket(rfs, rpath, path)
+    return rfs, rpath
+
+
+def _check_bucket(fs: pafs.FileSystem, path: str, uri: str) -> None:
+    """Fail clearly if the bucket of ``path`` (its first component) is missing or unreachable."""
+    if path.startswith("/"):  # a hierarchical store (HDFS): no bucket to check
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except OSError as exc:
+        text = str(exc)
+        if isinstance(exc, PermissionError) or any(m in text for m in _DENIED_MARKS):
+            return  # no bucket-level rights; the object requests themselves will tell
+        raise OSError(
+            f"cannot reach the {fs.type_name} store for {uri!r}: {text}. Check that the server "
+            "is up, the endpoint (S3-compatible stores: AWS_ENDPOINT_URL) and the network"
+        ) from exc
+    if info.type == pafs.FileType.NotFound:
+        raise ValueError(
+            f"{uri!r}: bucket {bucket!r} does not exist (or these credentials cannot see it); "
+            "create it first"
+        )
+
+
+def file_sizes(
+    fs: pafs.FileSystem, folder: str, names: Iterable[str], list_above: int = 256
+) -> dict[str, int]:
+    """``{name: size in bytes}`` of the files ``folder/name``; 0 for a missing one.
+
+    Few names: one metadata request each. More than ``list_above`` on an object store: one
+    recursive listing of ``folder`` instead (a HEAD request per image of COCO would take many
+    minutes on S3; a listing returns 1000 files per request).
+    """
+    names = list(names)
+    root = folder.rstrip("/")
+    if len(names) <= list_above or is_local(fs):
+        infos = fs.get_file_info([f"{root}/{n}" for n in names])
+        return {
+            n: (i.size or 0) if i.type == pafs.FileType.File else 0
+            for n, i in zip(names, infos, strict=True)
+        }
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    listed = {
+        info.path[len(root) + 1 :]: info.size or 0
+        for info in fs.get_file_info(selector)
+        if info.type == pafs.FileType.File and info.path.startswith(root + "/")
+    }
+    return {n: listed.get(n.lstrip("/"), 0) for n in names}
