@@ -13,8 +13,6 @@ from samdetr.batching import pad_images
 from samdetr.position_encoding import PositionEmbeddingSine
 from samdetr.transformer import Transformer
 
-_ALL_BACKENDS = [b for b in SDPBackend.__members__.values() if b != SDPBackend.ERROR]
-
 
 class SAMDETR(nn.Module):
     """SAM-DETR (or the baseline decoder, depending on the transformer passed in).
@@ -88,11 +86,12 @@ class SAMDETR(nn.Module):
         features, feature_mask = self.backbone(images, mask)
         pos = self.position_encoding(feature_mask).to(features.dtype)
         src = self.input_proj(features)
-        # PyTorch's fused CPU flash-attention backward returned NaN gradients once softmax
-        # saturated (seen in `make demo` with torch 2.14.1); the plain kernel stays finite.
-        # The attention is a small share of the step on CPU, so use it there.
-        backends = [SDPBackend.MATH] if images.device.type == "cpu" else _ALL_BACKENDS
-        with sdpa_kernel(backends):
+        # The plain (math) attention kernel on every device, as DETR's own softmax attention.
+        # PyTorch's fused kernels returned NaN gradients with padding masks: the CPU flash
+        # kernel in `make demo` (torch 2.14.1), CUDA's memory-efficient (fp32) and cuDNN (bf16)
+        # kernels in the encoder on an H100 (torch 2.11, bench/gpu_check.py), after a gradient
+        # spike, with finite forward outputs (pytorch/pytorch#178251 describes the same).
+        with sdpa_kernel([SDPBackend.MATH]):
             hidden, boxes, points = self.transformer(
                 src, feature_mask, pos, self.reference_boxes.weight
             )

@@ -217,3 +217,21 @@ def test_bad_images_raise(eval_model, shape):
 def test_list_with_mask_raises(eval_model):
     with pytest.raises(ValueError, match="either a list"):
         eval_model([torch.randn(3, 64, 64)], torch.zeros(1, 64, 64, dtype=torch.bool))
+
+
+def test_attention_runs_on_the_plain_kernel_only():
+    """Fused SDPA kernels returned NaN gradients with padding masks (CPU flash; CUDA
+    memory-efficient and cuDNN), so the detector allows only the math kernel."""
+    model = build_model(tiny_config()).eval()
+    seen = []
+
+    def record(module, args):
+        backends = torch.backends.cuda
+        seen.append((backends.math_sdp_enabled(), backends.flash_sdp_enabled(),
+                     backends.mem_efficient_sdp_enabled(), backends.cudnn_sdp_enabled()))
+
+    model.transformer.encoder.layers[0].self_attn.register_forward_pre_hook(record)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert seen == [(True, False, False, False)]
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored after the forward
