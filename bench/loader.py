@@ -8,7 +8,8 @@ tensor with normalised cxcywh boxes, one image at a time, one thread, so images/
     (what DETR's torchvision-style loader does);
 (b) shards: rows from the Parquet shards (ShardDataset), RowDecoder with samdetr.transforms.
 
-Also: preprocessing throughput (pipelines.preprocess on the local Ray) with 1 and 2 CPUs, and
+Also: preprocessing throughput (pipelines.preprocess on the local Ray) with 1 and 2 CPUs, end to
+end and over the shard tasks alone (Ray's task timeline: first start to last end), and
 row access only (no decoding) over shards of small row groups: a full random permutation
 (EpochSampler) vs the block shuffle (BlockShuffleSampler), counting row-group reads.
 
@@ -192,7 +193,13 @@ config = PreprocessConfig(annotations=str(tmp / "ann.json"), images=str(data / "
 start = time.perf_counter()
 manifest = run_preprocess(config)
 seconds = time.perf_counter() - start
-print(json.dumps({{"images": manifest["num_rows"], "seconds": round(seconds, 2)}}))
+# The shard tasks themselves, from Ray's task timeline (microseconds): first start to last end.
+spans = [(e["ts"], e["ts"] + e["dur"]) for e in ray.timeline()
+         if e.get("ph") == "X" and "_encode_task" in e.get("cat", "")]
+phase = (max(e for _, e in spans) - min(s for s, _ in spans)) / 1e6 if spans else None
+print(json.dumps({{"images": manifest["num_rows"], "seconds": round(seconds, 2),
+                  "tasks": len(spans), "task_phase_s": phase and round(phase, 2),
+                  "task_busy_s": round(sum(e - s for s, e in spans) / 1e6, 2)}}))
 """
     env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
     done = subprocess.run(
@@ -206,6 +213,8 @@ print(json.dumps({{"images": manifest["num_rows"], "seconds": round(seconds, 2)}
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["cpus"] = cpus
     result["images_per_s"] = round(result["images"] / result["seconds"], 1)
+    if result["task_phase_s"]:
+        result["task_phase_images_per_s"] = round(result["images"] / result["task_phase_s"], 1)
     return result
 
 
