@@ -47,13 +47,6 @@ def _check_data(settings: TrainSettings) -> dict[str, Any]:
 
 def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, Any]:
     """Train (or resume) the run; returns a summary with the best checkpoint and metrics."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from pipelines.data import EpochClock, EveryImageDataConfig, training_dataset
-    from pipelines.train_loop import train_loop_per_worker
-
     data = _check_data(settings)
     tracking = settings.tracking
     run_id, uri, resumed_run = None, None, False
@@ -70,57 +63,71 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
         )
         print(f"[samdetr] MLflow run {run_id} ({'resumed' if resumed_run else 'new'}) at {uri}")
 
-    if not ray.is_initialized():
-        ray.init(address=settings.trainer.ray_address, log_to_driver=True)
-    trainer_settings = settings.trainer
-    clock = EpochClock.create(trainer_settings.run_name)
-    dataset = training_dataset(
-        settings.data.train_shards, train=True,
-        transform_kwargs=settings.data.train_transform, seed=trainer_settings.seed,
-        epoch_clock=clock.name, rows_per_block=settings.data.rows_per_block,
-    )
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "settings": settings.to_dict(),
-            "run_id": run_id,
-            "tracking_uri": uri,
-            "categories": data["train"]["categories"],
-            "epoch_clock": clock.name,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=trainer_settings.num_workers,
-            use_gpu=trainer_settings.use_gpu,
-            resources_per_worker=trainer_settings.resources_per_worker(),
-        ),
-        run_config=RunConfig(
-            name=trainer_settings.run_name,
-            storage_path=trainer_settings.storage_uri,
-            # Keeps the best checkpoint by AP; Ray Train always keeps the latest as well.
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="AP", checkpoint_score_order="max"
-            ),
-            failure_config=FailureConfig(max_failures=trainer_settings.max_failures),
-        ),
-        datasets={"train": dataset},
-        dataset_config=EveryImageDataConfig(),
-    )
-    start = time.perf_counter()
     try:
-        summary = _summarise(trainer.fit(), settings, time.perf_counter() - start)
+        summary = _fit(settings, data, run_id, uri)
         if run_id is not None:
             summary.update(_log_final_model(settings, uri, run_id, summary["best_checkpoint"]))
     except BaseException:
         if run_id is not None:  # whatever stopped the run, MLflow must not show it running
             mlf.finish_run(uri, run_id, ok=False)
         raise
-    finally:
-        clock.close()
     if run_id is not None:
         mlf.finish_run(uri, run_id, ok=True)
         summary["mlflow_run_id"] = run_id
         summary["tracking_uri"] = uri
     return summary
+
+
+def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
+         uri: str | None) -> dict[str, Any]:
+    """Ray Train's run (with the run's epoch clock); the summary of its checkpoints."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.data import EpochClock, EveryImageDataConfig, training_dataset
+    from pipelines.train_loop import train_loop_per_worker
+
+    if not ray.is_initialized():
+        ray.init(address=settings.trainer.ray_address, log_to_driver=True)
+    trainer_settings = settings.trainer
+    clock = EpochClock.create(trainer_settings.run_name)
+    try:
+        dataset = training_dataset(
+            settings.data.train_shards, train=True,
+            transform_kwargs=settings.data.train_transform, seed=trainer_settings.seed,
+            epoch_clock=clock.name, rows_per_block=settings.data.rows_per_block,
+        )
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "settings": settings.to_dict(),
+                "run_id": run_id,
+                "tracking_uri": uri,
+                "categories": data["train"]["categories"],
+                "epoch_clock": clock.name,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=trainer_settings.num_workers,
+                use_gpu=trainer_settings.use_gpu,
+                resources_per_worker=trainer_settings.resources_per_worker(),
+            ),
+            run_config=RunConfig(
+                name=trainer_settings.run_name,
+                storage_path=trainer_settings.storage_uri,
+                # Keeps the best checkpoint by AP; Ray Train always keeps the latest as well.
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute="AP", checkpoint_score_order="max"
+                ),
+                failure_config=FailureConfig(max_failures=trainer_settings.max_failures),
+            ),
+            datasets={"train": dataset},
+            dataset_config=EveryImageDataConfig(),
+        )
+        start = time.perf_counter()
+        return _summarise(trainer.fit(), settings, time.perf_counter() - start)
+    finally:
+        clock.close()
 
 
 def _summarise(result: Any, settings: TrainSettings, seconds: float) -> dict[str, Any]:

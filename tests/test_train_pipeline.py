@@ -167,3 +167,15 @@ def test_injected_failure_is_survived_and_each_epoch_reported_once(workspace):
     latest = torch.load(summary["latest_checkpoint"], map_location="cpu", weights_only=True)
     assert [h["epoch"] for h in latest["history"]] == [0, 1]
     assert os.path.basename(os.path.dirname(summary["latest_checkpoint"])) == "epoch_0002"
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_marked_failed_and_leaves_no_epoch_clock(workspace):
+    ws = workspace
+    with pytest.raises(Exception, match="injected after epoch 0"):
+        run_training(_settings(ws, "doomed", epochs=2, fail_after_epoch=0, max_failures=0))
+    client = MlflowClient(ws["uri"])
+    experiment = client.get_experiment_by_name("tests")
+    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'doomed'")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not [name for name in ray.util.list_named_actors() if "epoch-clock-doomed" in name]
