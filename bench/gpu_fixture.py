@@ -1,7 +1,8 @@
 """The official-tiny fixture part of bench/gpu_check.py: the official code's numbers on a device.
 
-Read as tests/official_fixture.py reads the fixture, and judged with the tolerances of
-tests/test_official_fixture.py (the same rules, so a GPU verdict means what a CPU test means).
+Read with tests/official_fixture.py (the suite's reader of the fixture) and judged with the
+tolerances of tests/test_official_fixture.py (the same rules, so a GPU verdict means what a CPU
+test means).
 fixture_part(args, cfg, device, bf16) is the part: float32 with TF32 off, with verdicts, or bf16
 autocast, diffs for information. Imported by gpu_check.py from the script's own folder.
 """
@@ -9,8 +10,8 @@ autocast, diffs for information. Imported by gpu_check.py from the script's own 
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -20,6 +21,9 @@ from samdetr.builder import build_criterion
 from samdetr.engine import autocast_context
 from samdetr.official import convert_state_dict, model_from_official_state
 from samdetr.postprocess import PostProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import official_fixture  # noqa: E402  (the fixture's one reader, beside the tests)
 
 LOSS_KEYS = ("loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_bbox_0", "loss_giou_0")
 ILL_CONDITIONED = ("input_proj.", "backbone.")  # see tests/test_official_fixture.py
@@ -46,19 +50,13 @@ def close(ours: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> bo
 
 
 def load_fixture(folder: Path, variant: str, device: torch.device):
-    """(eval-mode model, config, inputs, reference, grad keys), read as
-    tests/official_fixture.py does: weight = int8 * scale; smca lists only what differs."""
-    packed = torch.load(folder / "weights.pt", weights_only=True)
-    state = {}
-    for name in packed["base"]["int8"]:
-        source = packed[variant] if name in packed[variant]["int8"] else packed["base"]
-        state[name] = source["int8"][name].float() * source["scale"][name]
-    meta = json.loads((folder / "config.json").read_text())
-    model, config = model_from_official_state(state, {**meta["official_args"],
-                                                      "smca": variant == "smca"})
-    data = torch.load(folder / "inputs.pt", weights_only=True)
-    ref = torch.load(folder / "reference.pt", weights_only=True)[variant]
-    return model.eval().to(device), config, data, ref, meta["grad_keys"]
+    """(eval-mode model, config, inputs, reference, grad keys) of ``variant``."""
+    model, config = model_from_official_state(
+        official_fixture.official_state_dict(folder, variant),
+        official_fixture.official_args(folder, variant),
+    )
+    return (model.eval().to(device), config, official_fixture.inputs(folder),
+            official_fixture.reference(folder, variant), official_fixture.grad_keys(folder))
 
 
 def fixture_pass(model, config, data, device, dtype=torch.float32, autocast=None):
