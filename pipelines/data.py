@@ -129,12 +129,12 @@ def _decode_row(
     epoch_clock: str | None,
 ) -> dict[str, Any]:
     transform = _geometric_transform(train, json.dumps(transform_kwargs, sort_keys=True))
+    if train and epoch_clock is None:  # new augmentations every execution, not reproducible
+        seed = int.from_bytes(os.urandom(4), "little")
     decoder = RowDecoder(transform, seed=seed)
     if train and epoch_clock is not None:
         task_id = ray.get_runtime_context().get_task_id() or ""
         decoder.set_epoch(_epoch_of_task(epoch_clock, task_id))
-    elif train:  # no clock: new augmentations every execution, but not reproducible by seed
-        decoder = RowDecoder(transform, seed=int.from_bytes(os.urandom(4), "little"))
     image, target = decoder(row)
     return {
         "image": as_uint8_tensor(image).numpy(),  # uint8 (3, H, W)
