@@ -11,30 +11,50 @@
             batch_size=4, collate_fn=PadCollate(), local_shuffle_buffer_size=64,
             local_shuffle_seed=seed + epoch):
 
-:class:`EveryImageDataConfig` splits the dataset over the workers with
-``streaming_split(equal=False)``: together they see every image exactly once per epoch. Blocks
-go whole to the worker with the fewest rows so far, so shares end at most ``rows_per_block``
-images apart, and :func:`samdetr.engine.train_one_epoch` absorbs the uneven batch counts.
+What holds, with :class:`EveryImageDataConfig` and an :class:`EpochClock`:
 
-Augmentation is drawn from :func:`samdetr.loader.sample_seed` of (seed, epoch, image id), the
-same draws as the plain PyTorch loader: the :class:`EpochClock` tells Ray Data's tasks, which
-re-run every epoch, which epoch they work for.
+* Every image once per epoch: the split (``streaming_split(equal=False)``) gives whole blocks
+  to the worker with the fewest rows so far, so shares end at most ``rows_per_block`` images
+  apart, and :func:`samdetr.engine.train_one_epoch` absorbs the uneven batch counts.
+* A new order every epoch: blocks of ``rows_per_block`` images go in a random order seeded by
+  (seed, epoch) (Ray's ``randomize_block_order``), before the workers' local shuffle buffers.
+  It is an all-to-all step: an epoch's encoded rows are all read before the first is decoded.
+* Augmentation of image ``i`` in epoch ``e`` is :func:`samdetr.loader.sample_seed`
+  ``(seed, e, i)``, the same draws as the plain PyTorch loader, whichever worker decodes it.
+* The order and the draws depend on (seed, epoch) alone: Ray plans each epoch when every rank
+  has asked for it (after rank 0 set the clock) and the plan reads the clock once, so a run
+  resumed in a new worker group or driver sees in epoch ``e`` what an uninterrupted one saw.
+  ``preserve_order`` makes each rank's block sequence, and thus its seeded local shuffle,
+  the same too (for a given number of workers). Its price: a slow decode task holds back the
+  finished blocks behind it, and the split ignores locality (blocks may cross nodes).
+* The clock runs on the driver's node and restarts if its process dies; rank 0 sets it again
+  every epoch, and an epoch planned while it holds no epoch fails instead of guessing.
+
 Decoded images travel as uint8 (4x smaller than float32); :class:`PadCollate` normalises.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
+import operator
 import os
+import time
 import uuid
 from typing import Any
 
 import numpy as np
 import ray
 import torch
+from ray.data import DataContext, RandomSeedConfig
+from ray.data._internal.logical.interfaces import LogicalPlan
+from ray.data._internal.logical.operators import RandomizeBlocks
+from ray.data._internal.random_config import SeedTuple
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import DataConfig
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from samdetr.batching import pad_images
 from samdetr.loader import RowDecoder
@@ -76,24 +96,32 @@ def _geometric_transform(train: bool, transform_json: str) -> Compose:
 
 @ray.remote(num_cpus=0)
 class _Clock:
+    """The epoch, or None until set: also after a restart, since a restarted actor starts afresh."""
+
     def __init__(self) -> None:
-        self.epoch = 0
+        self.epoch: int | None = None
 
     def set(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def get(self) -> int:
+    def get(self) -> int | None:
         return self.epoch
 
 
 class EpochClock:
-    """A named Ray actor that holds the current training epoch for the augmentation tasks.
+    """A named Ray actor that holds the current training epoch for the data pipeline.
 
-    Ray Data re-executes the dataset's map for every epoch without telling the map which epoch
-    it is. Rank 0 sets the clock before asking for an epoch's first batch; Ray Train's split
-    coordinator starts an epoch only when every rank has asked, so every task of the epoch reads
-    the new value. Tasks look it up once per task, not per image.
+    Ray Data re-executes the dataset for every epoch without telling it which epoch it is. Rank 0
+    sets the clock before asking for an epoch's first batch; Ray Train's split coordinator starts
+    an epoch only when every rank has asked, and plans it then: the plan reads the clock once
+    (:func:`_plan_epoch`) for the block order and every decode task of that epoch.
+
+    The actor runs on the driver's node (which the run cannot outlive anyway) and restarts if
+    its process dies. A restarted clock holds no epoch until rank 0 sets the next one, and
+    reading an empty clock raises rather than guessing, so no epoch ever gets another's draws.
     """
+
+    READ_TIMEOUT_S = 10.0
 
     def __init__(self, name: str, handle: Any):
         self.name, self.handle = name, handle
@@ -101,24 +129,103 @@ class EpochClock:
     @classmethod
     def create(cls, run_name: str) -> EpochClock:
         """Start a clock for one run (the name is unique, so runs never share one)."""
-        name = f"samdetr-epoch-clock-{run_name}-{uuid.uuid4().hex[:8]}"
-        handle = _Clock.options(name=name).remote()
+        if not isinstance(run_name, str) or not run_name:
+            raise ValueError(f"run_name must be a non-empty string, got {run_name!r}")
+        name = f"samdetr-epoch-clock-{run_name}-{uuid.uuid4().hex[:12]}"
+        handle = _Clock.options(
+            name=name,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False
+            ),
+            max_restarts=-1,
+            max_task_retries=-1,  # calls made while it restarts wait for it
+        ).remote()
         ray.get(handle.get.remote())  # started and registered before anyone looks it up
         return cls(name, handle)
 
     @staticmethod
     def set_epoch(name: str, epoch: int) -> None:
         """Called by the training loop (rank 0) before an epoch's first batch."""
-        ray.get(ray.get_actor(name).set.remote(int(epoch)))
+        try:
+            epoch = operator.index(epoch)
+        except TypeError:
+            raise ValueError(f"epoch must be an int, got {epoch!r}") from None
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        ray.get(ray.get_actor(name).set.remote(epoch))
+
+    @staticmethod
+    def current_epoch(name: str, timeout_s: float | None = None) -> int:
+        """The epoch last set; waits up to ``timeout_s`` (default ``READ_TIMEOUT_S``) while the
+        clock holds none, then raises RuntimeError (a restarted clock holds none until rank 0
+        sets the next epoch, so waiting longer would not help)."""
+        clock = ray.get_actor(name)
+        wait = EpochClock.READ_TIMEOUT_S if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait
+        while (epoch := ray.get(clock.get.remote())) is None:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"epoch clock {name} holds no epoch: EpochClock.set_epoch must run before "
+                    "the epoch's first batch (a restarted clock forgets its epoch)"
+                )
+            time.sleep(0.1)
+        return epoch
 
     def close(self) -> None:
-        ray.kill(self.handle)
+        ray.kill(self.handle)  # no_restart: a closed clock stays closed
 
 
-@functools.lru_cache(maxsize=256)
-def _epoch_of_task(clock_name: str, task_id: str) -> int:
-    # Keyed by task: one epoch's tasks never run another epoch's rows.
-    return ray.get(ray.get_actor(clock_name).get.remote())
+def _epoch_key(clock_name: str) -> str:
+    return f"samdetr.epoch/{clock_name}"
+
+
+def _plan_epoch(clock_name: str, data_context: DataContext) -> int:
+    """Read the clock while Ray plans an execution, and leave the epoch in the execution's
+    DataContext, which Ray Data hands to each of its tasks."""
+    # Decode tasks then never ask the clock: one read per epoch, and a clock restarting
+    # mid-epoch (or a task retried later) cannot change the epoch a task works for.
+    epoch = EpochClock.current_epoch(clock_name)
+    data_context.set_config(_epoch_key(clock_name), epoch)
+    return epoch
+
+
+def _planned_epoch(clock_name: str) -> int:
+    # Inside a Ray Data task, DataContext.get_current() is the context its execution was planned in.
+    epoch = DataContext.get_current().get_config(_epoch_key(clock_name))
+    if epoch is None:
+        raise RuntimeError(
+            f"no epoch planned for clock {clock_name}: the dataset must come from "
+            "training_dataset(..., epoch_clock=...) so that its plan reads the clock"
+        )
+    return epoch
+
+
+def _order_seed(seed: int, epoch: int) -> int:
+    digest = hashlib.blake2b(f"block-order/{seed}/{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+@dataclasses.dataclass
+class _EpochBlockOrder(RandomSeedConfig):
+    """A block order seeded by (``seed``, the clock's epoch when Ray plans the execution).
+
+    Ray's own ``reseed_after_execution`` counts executions of the dataset object, and Train
+    builds a new one (count 0) whenever it restarts its worker group; the epoch does not reset.
+    """
+
+    clock: str = ""
+
+    def get_seed_tuple(self, *, data_context: DataContext) -> SeedTuple:
+        return SeedTuple(seed=_order_seed(self.seed, _plan_epoch(self.clock, data_context)))
+
+
+def _randomize_block_order(
+    rows: ray.data.Dataset, seed_config: RandomSeedConfig
+) -> ray.data.Dataset:
+    # Dataset.randomize_block_order, except that it would copy seed_config into a plain
+    # RandomSeedConfig (RandomSeedConfig.create_seed_config) and lose _EpochBlockOrder.
+    op = RandomizeBlocks(seed_config=seed_config, input_dependencies=[rows._logical_plan.dag])
+    return ray.data.Dataset._from_parent(rows, LogicalPlan(op, rows.context))
 
 
 def _decode_row(
@@ -133,8 +240,7 @@ def _decode_row(
         seed = int.from_bytes(os.urandom(4), "little")
     decoder = RowDecoder(transform, seed=seed)
     if train and epoch_clock is not None:
-        task_id = ray.get_runtime_context().get_task_id() or ""
-        decoder.set_epoch(_epoch_of_task(epoch_clock, task_id))
+        decoder.set_epoch(_planned_epoch(epoch_clock))
     image, target = decoder(row)
     return {
         "image": as_uint8_tensor(image).numpy(),  # uint8 (3, H, W)
@@ -155,18 +261,29 @@ def training_dataset(
 ) -> ray.data.Dataset:
     """Rows decoded and augmented by Ray Data tasks (not in the training loop).
 
-    With ``epoch_clock`` (the name of an :class:`EpochClock`), image ``i`` of epoch ``e`` gets
-    the augmentation of :func:`samdetr.loader.sample_seed` ``(seed, e, i)`` whichever worker
-    decodes it; without one, training augmentations are drawn from a fresh OS seed.
     ``rows_per_block`` cuts the shards' row groups into blocks of at most that many rows before
     decoding: more, smaller decode tasks, and since the split hands out whole blocks, workers'
     shares of an epoch end at most that many images apart (``None``: the shards' own blocks).
+
+    For training the blocks go in a new random order every epoch. With ``epoch_clock`` (the
+    name of an :class:`EpochClock`) that order and the augmentation of image ``i`` in epoch
+    ``e`` (:func:`samdetr.loader.sample_seed` ``(seed, e, i)``) depend on ``seed`` and ``e``
+    only; without one, both are drawn afresh each execution. Evaluation keeps the shards' order.
     """
     if rows_per_block is not None and (not isinstance(rows_per_block, int) or rows_per_block < 1):
         raise ValueError(f"rows_per_block must be a positive int or None, got {rows_per_block!r}")
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
     rows = shard_dataset(shard_dir)
     if rows_per_block is not None:
         rows = rows.repartition(target_num_rows_per_block=rows_per_block)
+    if train:
+        # After the repartition, so the order is shuffled in blocks of rows_per_block images.
+        if epoch_clock is None:
+            order = RandomSeedConfig()  # a new order every execution
+        else:
+            order = _EpochBlockOrder(seed, clock=epoch_clock)
+        rows = _randomize_block_order(rows, order)
     return rows.map(
         _decode_row,
         fn_kwargs=dict(
@@ -185,6 +302,11 @@ class EveryImageDataConfig(DataConfig):
     rows per epoch so that every worker gets as many. This one splits with ``equal=False``;
     the ranks' batch counts then differ slightly, and :func:`samdetr.engine.train_one_epoch`
     keeps DDP in step by having a rank that has run out take zero-weight steps.
+
+    It also sets ``preserve_order``: every operator then passes blocks on in the order it got
+    them, not as its tasks finish, and the split deals them out by row count alone (no
+    locality), so each rank gets the same blocks in the same order whenever the epoch's
+    (seed, epoch) are the same, also after a restart.
     """
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
@@ -192,8 +314,10 @@ class EveryImageDataConfig(DataConfig):
         for name, dataset in datasets.items():
             if dataset.name is None:
                 dataset.set_name(name)
-            dataset = ray.data.Dataset.copy(dataset)  # leave the caller's options alone
-            dataset.context.execution_options = self.default_ingest_options()
+            dataset = ray.data.Dataset.copy(dataset, _deep_copy=True)  # leave the caller's alone
+            options = self.default_ingest_options()
+            options.preserve_order = True
+            dataset.context.execution_options = options
             splits = dataset.streaming_split(
                 world_size, equal=False, locality_hints=worker_node_ids
             )

@@ -4,7 +4,8 @@
         shards=outputs/shards/synthetic/val
     python -m pipelines.evaluate model_uri=models:/sam-detr@candidate shards=...
 
-A checkpoint (a ``checkpoint.pt`` file or a Ray Train checkpoint folder holding one) is scored
+A checkpoint (a ``checkpoint.pt`` file or a Ray Train checkpoint folder holding one, local or at
+a URI such as ``s3://bucket/ray/run/epoch_0006``) is scored
 with the same input pipeline and inference code as the per-epoch evaluation in training, so it
 gives the numbers that were reported. An MLflow model goes through its own ``predict`` (encoded
 image bytes in, detections out), as a deployed model would.
@@ -12,9 +13,11 @@ image bytes in, detections out), as a deployed model would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch
 from pipelines.train_settings import CHECKPOINT_FILE
 from samdetr.coco_eval import METRIC_NAMES, evaluate_detections
 from samdetr.evaluation import eval_loader, ground_truth
+from samdetr.storage import is_uri
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,22 @@ class EvaluateConfig:
             or self.batch_size < 1
         ):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+@contextlib.contextmanager
+def local_checkpoint(path: str) -> Iterator[str]:
+    """A local ``checkpoint.pt`` for ``path``: that file or a Ray Train checkpoint folder, on
+    local disk or at a URI (``s3://...``: copied through Ray's own ``Checkpoint`` API)."""
+    if not is_uri(path):
+        yield checkpoint_file(path)
+        return
+    from ray.train import Checkpoint
+
+    folder = path.rstrip("/")
+    if folder.endswith("/" + CHECKPOINT_FILE):
+        folder = folder[: -len(CHECKPOINT_FILE) - 1]
+    with Checkpoint(folder).as_directory() as local:
+        yield checkpoint_file(local)
 
 
 def checkpoint_file(path: str) -> str:
@@ -74,7 +94,8 @@ def evaluate_checkpoint(
     from samdetr.checkpoint import load_checkpoint
     from samdetr.engine import predict
 
-    model, _, extra = load_checkpoint(checkpoint_file(path))
+    with local_checkpoint(path) as local:
+        model, _, extra = load_checkpoint(local)
     target = _device(device)
     model.to(target)
     sizes = dict(extra.get("eval_transform") or {})

@@ -1,31 +1,24 @@
-"""MLflow tracking of training runs: a reachability check, one MLflow run per Ray Train run
-name (so a resumed run keeps logging into the same MLflow run), and a small logger that rank 0
-uses inside the Ray Train worker.
+"""MLflow tracking of training runs: a reachability check, the MLflow run of a training run, and
+the logger rank 0 uses inside the Ray Train worker.
 
 Everything goes through ``MlflowClient`` with explicit run ids (no global "active run"), so the
-same code works on the driver and in a worker, against SQLite or a tracking server.
+same code works on the driver and in a worker, against SQLite or a tracking server. Tracking
+never ends a training run: the worker's :class:`RunLogger` sends from a background thread, keeps
+what the store refused and sends it again later; the driver's last calls warn on failure.
 """
 
 from __future__ import annotations
 
-import os
+import collections
+import io
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 RUN_NAME_TAG = "samdetr.run_name"
-
-
-def absolute_uri(uri: str) -> str:
-    """Make a relative SQLite path absolute: Ray workers run in other folders than the driver.
-
-    ``sqlite:///mlflow.db`` -> ``sqlite:////abs/cwd/mlflow.db``; other URIs are unchanged.
-    """
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix) :])
-    return uri
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
@@ -53,47 +46,65 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         raise ConnectionError(f"MLflow tracking store {uri} cannot be used: {err}") from err
 
 
-def start_or_resume_run(
+def create_run(
     uri: str,
     experiment: str,
     run_name: str,
     params: dict[str, str],
     config_yaml: str,
     artifact_location: str | None = None,
-) -> tuple[str, bool]:
-    """The MLflow run of Ray Train run ``run_name`` in ``experiment``: ``(run_id, resumed)``.
-
-    A new run gets the params and the resolved config (``config.yaml``); an existing one (tag
-    :data:`RUN_NAME_TAG`) is set back to RUNNING and keeps its history.
-    """
-    from mlflow.entities import Param, RunStatus
+) -> str:
+    """A new MLflow run in ``experiment`` (created if needed) with the params and the resolved
+    config (``config.yaml``); returns its id."""
+    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        if artifact_location and "://" not in artifact_location:
-            artifact_location = os.path.abspath(artifact_location)
-        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
-    else:
-        experiment_id = found.experiment_id
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if runs:
-        run_id = runs[0].info.run_id
-        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        return run_id, True
+    experiment_id = _experiment_id(client, experiment, artifact_location)
     run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
     run_id = run.info.run_id
     items = [Param(k, v) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[i : i + 100])
     client.log_text(run_id, config_yaml, "config.yaml")
-    return run_id, False
+    return run_id
+
+
+def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created if needed (runs starting at once may race)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as err:
+        found = client.get_experiment_by_name(name)  # another run created it meanwhile
+        if found is None:
+            raise err
+        return found.experiment_id
+
+
+def reopen_run(uri: str, run_id: str, run_name: str) -> None:
+    """Set the stored MLflow run of a resumed training run back to RUNNING.
+
+    ValueError when the store does not hold it (the run's record names another store).
+    """
+    from mlflow.entities import RunStatus
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        raise ValueError(
+            f"run {run_name!r} logs to MLflow run {run_id}, which the tracking store {uri} does "
+            f"not hold ({err.error_code}). Point tracking.tracking_uri at the store that has it, "
+            "or start a new training run (another trainer.run_name or trainer.storage_path)."
+        ) from err
+    client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
 
 def finish_run(uri: str, run_id: str, ok: bool) -> None:
@@ -103,25 +114,141 @@ def finish_run(uri: str, run_id: str, ok: bool) -> None:
 
 
 class RunLogger:
-    """Rank 0's handle on the MLflow run (metrics in batches, pictures, plots)."""
+    """Rank 0's handle on the MLflow run: metrics in batches, pictures, plots.
 
-    def __init__(self, uri: str, run_id: str):
+    Calls return at once; a background thread sends, in order. When the store fails, the
+    failure is reported once through ``warn``, counted in :attr:`failures`, and the unsent items
+    are kept (at most ``max_pending``; beyond that new ones are dropped and counted in
+    :attr:`dropped`) and sent again every ``retry_after_s`` seconds.
+    """
+
+    def __init__(self, uri: str, run_id: str, retry_after_s: float = 30.0,
+                 max_pending: int = 10_000, warn: Callable[[str], None] = print):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(uri)
         self.run_id = run_id
+        self.retry_after_s = retry_after_s
+        self.max_pending = max_pending
+        self.failures = 0
+        self.dropped = 0
+        self._warn = warn
+        self._pending: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._failing = False
+        self._warned = False
+        self._deadline: float | None = None  # set by close(): give up retrying after it
+        self._thread = threading.Thread(target=self._work, name="samdetr-mlflow", daemon=True)
+        self._thread.start()
+
+    def last_step(self, key: str) -> int | None:
+        """The largest step logged for metric ``key``: -1 when none is, None when the store
+        cannot tell (it failed)."""
+        try:
+            steps = [m.step for m in self.client.get_metric_history(self.run_id, key)]
+        except Exception as err:  # noqa: BLE001 - tracking must not stop training
+            self._note_failure(err)
+            return None
+        return max(steps, default=-1)
 
     def log_metrics(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self._put(("metrics", {k: float(v) for k, v in values.items()}, int(step),
+                   int(time.time() * 1000)))
 
     def log_image(self, image: Any, artifact_file: str) -> None:
         """A PIL image as an artifact (format from the file name, e.g. ``.png``)."""
-        self.client.log_image(self.run_id, image, artifact_file)
+        self._put(("image", image.copy(), artifact_file))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        """A matplotlib figure as an artifact."""
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        """A matplotlib figure as an image artifact (drawn here, sent in the background)."""
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        buffer.seek(0)
+        self.log_image(Image.open(buffer), artifact_file)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything queued is sent; returns at once while the store fails."""
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending and not self._failing:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return not self._pending
+
+    def close(self, timeout_s: float) -> None:
+        """Send what is queued (trying for at most ``timeout_s``), then stop the thread."""
+        with self._cond:
+            self._deadline = time.monotonic() + timeout_s
+            self._cond.notify_all()
+        self._thread.join(timeout_s + 1.0)
+        with self._cond:
+            left = len(self._pending)
+            self._pending.clear()
+        if left:
+            self.dropped += left
+            self._warn(f"warning: {left} MLflow logging call(s) could not be sent and are lost")
+
+    def _put(self, item: tuple) -> None:
+        with self._cond:
+            if len(self._pending) >= self.max_pending:
+                self.dropped += 1
+                return
+            self._pending.append(item)
+            self._cond.notify_all()
+
+    def _send(self, item: tuple) -> None:
+        from mlflow.entities import Metric
+
+        if item[0] == "metrics":
+            _, values, step, stamp = item
+            metrics = [Metric(k, v, stamp, step) for k, v in values.items()]
+            self.client.log_batch(self.run_id, metrics=metrics)
+        else:
+            _, image, artifact_file = item
+            self.client.log_image(self.run_id, image, artifact_file)
+
+    def _note_failure(self, err: BaseException) -> None:
+        with self._cond:
+            self.failures += 1
+            self._failing = True
+            first, self._warned = not self._warned, True
+            self._cond.notify_all()
+        if first:
+            self._warn(
+                f"warning: MLflow tracking failed ({type(err).__name__}: {str(err)[:300]}); "
+                f"training goes on, and what was not logged is sent again every "
+                f"{self.retry_after_s:g}s (shown once; the count goes into the run's summary)"
+            )
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and self._deadline is None:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                item = self._pending[0]
+            try:
+                self._send(item)
+            except Exception as err:  # noqa: BLE001 - tracking must not stop training
+                self._note_failure(err)
+                with self._cond:
+                    if self._deadline is not None and time.monotonic() >= self._deadline:
+                        return
+                    wait = self.retry_after_s
+                    if self._deadline is not None:
+                        wait = min(wait, max(0.0, self._deadline - time.monotonic()))
+                    self._cond.wait(wait)
+                continue
+            with self._cond:
+                if self._pending and self._pending[0] is item:
+                    self._pending.popleft()
+                recovered, self._failing = self._failing, False
+                self._cond.notify_all()
+            if recovered:
+                self._warn("MLflow tracking answers again; sending what was kept")
+

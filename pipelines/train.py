@@ -6,17 +6,33 @@
     python -m pipelines.train trainer.run_name=r50-a trainer.epochs=50   # resumes run r50-a
 
 Re-running with the same ``trainer.run_name`` and ``trainer.storage_path`` continues from the
-run's latest checkpoint (and the same MLflow run). Workers that die are replaced and resume
-from the last checkpoint, up to ``trainer.max_failures`` times.
+run's latest checkpoint and logs into the same MLflow run, whose id is kept beside the
+checkpoints (:mod:`pipelines.run_record`); a config that would change the training is refused.
+Workers that die (or whose node goes away) are replaced and resume from the last checkpoint,
+up to ``trainer.max_failures`` times. On a cluster of several nodes, local paths must be on
+shared storage and tracking must use a server (:mod:`pipelines.cluster` checks both at start).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
+from pipelines.cluster import check_cluster
+from pipelines.run_record import (
+    RunRecord,
+    config_differences,
+    new_record,
+    read_record,
+    refuse_changes,
+    write_record,
+)
+from pipelines.tracking import check_reachable, create_run, finish_run, reopen_run
 from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings, flatten
 from samdetr.evaluation import manifest_summary
 
@@ -46,50 +62,110 @@ def _check_data(settings: TrainSettings) -> dict[str, Any]:
 
 
 def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, Any]:
-    """Train (or resume) the run; returns a summary with the best checkpoint and metrics."""
+    """Train (or resume) the run; returns a summary with the best checkpoint and metrics.
+
+    Local paths in ``settings`` are made absolute here, once, against the current folder.
+    """
+    settings = settings.resolved()
+    previous = previous_record(settings)
     data = _check_data(settings)
-    tracking = settings.tracking
-    run_id, uri, resumed_run = None, None, False
-    if tracking.enabled:
-        from pipelines import tracking as mlf
-
-        uri = mlf.absolute_uri(tracking.resolved_uri())
-        mlf.check_reachable(uri)  # before any minute is spent on training
-        params = flatten(settings.to_dict())
-        run_id, resumed_run = mlf.start_or_resume_run(
-            uri, tracking.experiment, settings.trainer.run_name, params,
-            config_yaml or json.dumps(settings.to_dict(), indent=2),
-            tracking.artifact_location,
-        )
-        print(f"[samdetr] MLflow run {run_id} ({'resumed' if resumed_run else 'new'}) at {uri}")
-
+    if settings.tracking.enabled:  # before any minute is spent on training
+        check_reachable(settings.tracking.resolved_uri())
+    _connect(settings.trainer.ray_address)
+    check_cluster(settings)
+    run_id, uri = open_tracking(settings, previous, config_yaml)
+    write_record(settings.trainer.storage_path, new_record(
+        settings.trainer.run_name, run_id, uri, settings.to_dict(), previous,
+    ))
+    warnings: list[str] = []
     try:
         summary = _fit(settings, data, run_id, uri)
-        if run_id is not None:
-            summary.update(_log_final_model(settings, uri, run_id, summary["best_checkpoint"]))
     except BaseException:
         if run_id is not None:  # whatever stopped the run, MLflow must not show it running
-            mlf.finish_run(uri, run_id, ok=False)
+            _quietly(warnings, "mark the MLflow run FAILED", finish_run, uri, run_id, False)
         raise
     if run_id is not None:
-        mlf.finish_run(uri, run_id, ok=True)
+        logged = _quietly(warnings, "log the model", _log_final_model, settings, uri, run_id,
+                          summary)
+        summary.update(logged or {})
+        _quietly(warnings, "mark the MLflow run FINISHED", finish_run, uri, run_id, True)
         summary["mlflow_run_id"] = run_id
         summary["tracking_uri"] = uri
+    summary["tracking_failures"] += len(warnings)
     return summary
+
+
+def _connect(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
+
+
+def previous_record(settings: TrainSettings) -> RunRecord | None:
+    """The stored record of this run, if it is being resumed; refuses a changed config."""
+    previous = read_record(settings.trainer.storage_path, settings.trainer.run_name)
+    if previous is not None:
+        differences = config_differences(previous.settings, settings.to_dict())
+        if differences and not settings.trainer.allow_config_change:
+            refuse_changes(settings.trainer.run_name, differences)
+        if differences:
+            _say("resuming with changed settings (trainer.allow_config_change=true):\n  "
+                 + "\n  ".join(differences))
+    return previous
+
+
+def open_tracking(settings: TrainSettings, previous: RunRecord | None,
+                   config_yaml: str) -> tuple[str | None, str | None]:
+    """``(run_id, uri)`` of the MLflow run: the stored one when resuming, else a new one."""
+    tracking = settings.tracking
+    if not tracking.enabled:
+        return None, None
+    uri = tracking.resolved_uri()
+    name = settings.trainer.run_name
+    if previous is not None and previous.mlflow_run_id:
+        reopen_run(uri, previous.mlflow_run_id, name)
+        run_id = previous.mlflow_run_id
+        differences = config_differences(previous.settings, settings.to_dict())
+        if differences:
+            from mlflow.tracking import MlflowClient
+
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            MlflowClient(uri).log_text(run_id, "\n".join(differences) + "\n",
+                                       f"config_changes/{stamp}.txt")
+    else:
+        run_id = create_run(
+            uri, tracking.experiment, name, flatten(settings.to_dict()),
+            config_yaml or json.dumps(settings.to_dict(), indent=2), tracking.artifact_location,
+        )
+    _say(f"MLflow run {run_id} ({'resumed' if previous else 'new'}) at {uri}")
+    return run_id, uri
+
+
+def _quietly(warnings: list[str], what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; a failure is a warning (training is done and its checkpoints are kept)."""
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001 - tracking never ends a training run
+        message = f"could not {what} ({type(err).__name__}: {str(err)[:300]})"
+        warnings.append(message)
+        _say(f"warning: {message}; the checkpoints are kept")
+        return None
+
+
+def _say(line: str) -> None:
+    print(f"[samdetr] {line}", flush=True)
 
 
 def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
          uri: str | None) -> dict[str, Any]:
     """Ray Train's run (with the run's epoch clock); the summary of its checkpoints."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.data import EpochClock, EveryImageDataConfig, training_dataset
     from pipelines.train_loop import train_loop_per_worker
 
-    if not ray.is_initialized():
-        ray.init(address=settings.trainer.ray_address, log_to_driver=True)
     trainer_settings = settings.trainer
     clock = EpochClock.create(trainer_settings.run_name)
     try:
@@ -106,6 +182,9 @@ def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
                 "tracking_uri": uri,
                 "categories": data["train"]["categories"],
                 "epoch_clock": clock.name,
+                # Tells this call's reports from those of earlier calls, whose metrics the
+                # restored checkpoints still carry.
+                "fit_id": uuid.uuid4().hex,
             },
             scaling_config=ScalingConfig(
                 num_workers=trainer_settings.num_workers,
@@ -114,7 +193,7 @@ def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
             ),
             run_config=RunConfig(
                 name=trainer_settings.run_name,
-                storage_path=trainer_settings.storage_uri,
+                storage_path=trainer_settings.storage_path,
                 # Keeps the best checkpoint by AP; Ray Train always keeps the latest as well.
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=1, checkpoint_score_attribute="AP", checkpoint_score_order="max"
@@ -125,12 +204,22 @@ def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
             dataset_config=EveryImageDataConfig(),
         )
         start = time.perf_counter()
-        return _summarise(trainer.fit(), settings, time.perf_counter() - start)
+        fit_id = trainer.train_loop_config["fit_id"]
+        return _summarise(trainer.fit(), settings, time.perf_counter() - start, fit_id)
     finally:
         clock.close()
 
 
-def _summarise(result: Any, settings: TrainSettings, seconds: float) -> dict[str, Any]:
+def _checkpoint_file(settings: TrainSettings, checkpoint: Any) -> str:
+    """Path or URI of the samdetr checkpoint in a Ray Train checkpoint of this run
+    (``Checkpoint.path`` drops an object store's scheme, so build it from the settings)."""
+    folder = os.path.basename(checkpoint.path.rstrip("/"))
+    root = settings.trainer.storage_path.rstrip("/")
+    return f"{root}/{settings.trainer.run_name}/{folder}/{CHECKPOINT_FILE}"
+
+
+def _summarise(result: Any, settings: TrainSettings, seconds: float,
+               fit_id: str) -> dict[str, Any]:
     if result.error is not None:
         raise result.error
     if not result.best_checkpoints:
@@ -138,16 +227,26 @@ def _summarise(result: Any, settings: TrainSettings, seconds: float) -> dict[str
     best, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["AP"])
     return {
         "run_name": settings.trainer.run_name,
-        "best_checkpoint": os.path.join(best.path, CHECKPOINT_FILE),
-        "latest_checkpoint": os.path.join(result.checkpoint.path, CHECKPOINT_FILE),
+        "best_checkpoint": _checkpoint_file(settings, best),
+        "latest_checkpoint": _checkpoint_file(settings, result.checkpoint),
         "best_metrics": best_metrics,
         "last_metrics": result.metrics,
         "run_path": result.path,
         "seconds": seconds,
+        "tracking_failures": _worker_tracking_failures(result.metrics or {}, fit_id),
+        "best": best,  # the Ray Checkpoint, read through Ray's own API
     }
 
 
-def _log_final_model(settings: TrainSettings, uri: str, run_id: str, checkpoint: str) -> dict:
+def _worker_tracking_failures(metrics: dict[str, Any], fit_id: str) -> int:
+    """Rank 0's failed MLflow calls, as its last report of this call says (0 if none)."""
+    if metrics.get("fit_id") != fit_id:  # no epoch trained by this call
+        return 0
+    return int(metrics.get("tracking_failures", 0))
+
+
+def _log_final_model(settings: TrainSettings, uri: str, run_id: str,
+                     summary: dict[str, Any]) -> dict:
     """The best checkpoint as an MLflow model (registered and aliased if configured)."""
     tracking = settings.tracking
     if not tracking.log_model:
@@ -159,14 +258,18 @@ def _log_final_model(settings: TrainSettings, uri: str, run_id: str, checkpoint:
 
     client = MlflowClient(uri)
     tags = client.get_run(run_id).data.tags
+    checkpoint = summary["best_checkpoint"]
     if tags.get(LOGGED_TAG) == checkpoint:  # a re-run that trained nothing new
         kept = {"model_uri": tags.get(LOGGED_TAG + ".uri"),
                 "registered_model": tags.get(LOGGED_TAG + ".version")}
         return {k: v for k, v in kept.items() if v}
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory(prefix="samdetr-") as folder, \
+            mlflow.start_run(run_id=run_id):
+        summary["best"].to_directory(folder)  # a local copy, wherever the storage is
         info = log_detector_model(
-            _local(checkpoint), name="model", registered_model_name=tracking.registered_model
+            os.path.join(folder, CHECKPOINT_FILE), name="model",
+            registered_model_name=tracking.registered_model,
         )
     out = {"model_uri": info.model_uri}
     if tracking.registered_model:
@@ -183,21 +286,6 @@ def _log_final_model(settings: TrainSettings, uri: str, run_id: str, checkpoint:
     return out
 
 
-def _local(path: str) -> str:
-    """A local copy of a checkpoint file that may live on object storage."""
-    if "://" not in path:
-        return path
-    import tempfile
-
-    import pyarrow.fs as pafs
-
-    fs, inner = pafs.FileSystem.from_uri(path)
-    local = os.path.join(tempfile.mkdtemp(prefix="samdetr-"), CHECKPOINT_FILE)
-    with fs.open_input_stream(inner) as src, open(local, "wb") as dst:
-        dst.write(src.read())
-    return local
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     best = summary["best_metrics"]
     lines = [
@@ -207,6 +295,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  best checkpoint   {summary['best_checkpoint']}",
         f"  latest checkpoint {summary['latest_checkpoint']}",
     ]
+    if summary.get("tracking_failures"):
+        lines.append(f"  MLflow: {summary['tracking_failures']} tracking call(s) failed "
+                     "(see the warnings above); training was not affected")
     if "mlflow_run_id" in summary:
         lines.append(f"  MLflow run {summary['mlflow_run_id']} in {summary['tracking_uri']}")
         if "model_uri" in summary:

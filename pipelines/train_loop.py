@@ -130,7 +130,7 @@ def _pictures(model, images, settings: TrainSettings, categories, device) -> Any
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     settings = TrainSettings.from_dict(config["settings"])
-    trainer, data = settings.trainer, settings.data
+    trainer = settings.trainer
     context = ray.train.get_context()
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
@@ -146,17 +146,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(model, settings.optim)
     scheduler = build_scheduler(optimizer, settings.optim)
     payload = _restore(checkpoint, model, optimizer, scheduler)
-    resumed = payload is not None
-    start_epoch = payload["epoch"] + 1 if resumed else 0
-    global_step = payload["global_step"] if resumed else 0
-    history = list(payload["history"]) if resumed else []
     model = ray.train.torch.prepare_model(model)
 
     logger = None
     if rank == 0 and config.get("run_id"):
         from pipelines.tracking import RunLogger
 
-        logger = RunLogger(config["tracking_uri"], config["run_id"])
+        logger = RunLogger(config["tracking_uri"], config["run_id"],
+                           retry_after_s=settings.tracking.retry_after_s, warn=_say)
+    try:
+        _train(settings, config, model, criterion, optimizer, scheduler, payload, logger)
+    finally:
+        if logger is not None:
+            logger.close(settings.tracking.flush_timeout_s)
+
+
+def _train(settings, config, model, criterion, optimizer, scheduler, payload, logger) -> None:
+    """The epochs still to do (from ``payload``, the restored checkpoint, if any)."""
+    trainer, data = settings.trainer, settings.data
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    resumed = payload is not None
+    start_epoch = payload["epoch"] + 1 if resumed else 0
+    global_step = payload["global_step"] if resumed else 0
+    history = list(payload["history"]) if resumed else []
+    # A restart in the middle of an epoch: what the failed attempt already logged is not
+    # logged again (MLflow appends, it never replaces a step); epochs whose metrics never
+    # reached the store (it was down) are logged now from the checkpoint's history.
+    logged_step = logger.last_step("train/loss") if logger is not None and resumed else None
+    logged_epoch = logger.last_step("loss") if logger is not None and resumed else None
+    if logged_epoch is not None:
+        for entry in (h for h in history if h["epoch"] > logged_epoch):
+            logger.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, entry["epoch"])
     pictures = _picture_images(settings) if logger is not None else []
     coco_gt = ground_truth(data.val_shards) if rank == 0 else None
     val_batches = eval_loader(
@@ -186,7 +208,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step_base = global_step
 
         def on_step(step: int, values: dict[str, float], base: int = step_base) -> None:
-            if logger is not None:
+            if logger is not None and (logged_step is None or base + step > logged_step):
                 logger.log_metrics({f"train/{k}": v for k, v in values.items()}, base + step)
 
         start = time.perf_counter()
@@ -211,17 +233,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch_time_s": time.perf_counter() - start,
         }
         history.append({"epoch": epoch, **epoch_metrics})
-        if logger is not None:
+        if logger is not None and (logged_epoch is None or epoch > logged_epoch):
             _log_epoch(logger, epoch, epoch_metrics, history, model, pictures, settings, config,
                        device)
+        if logger is not None:
+            # Before the checkpoint: a crash after it must not lose this epoch's metrics.
+            logger.flush(settings.tracking.flush_timeout_s)
         if rank == 0:
             _say(
                 f"epoch {epoch + 1}/{trainer.epochs}: AP {epoch_metrics['AP']:.4f} "
                 f"AP50 {epoch_metrics['AP50']:.4f} loss {epoch_metrics['loss']:.3f} "
                 f"{epoch_metrics['images_per_s']:.1f} img/s {epoch_metrics['epoch_time_s']:.0f}s"
             )
+        status = {"fit_id": config.get("fit_id", "")}  # for the driver, not the checkpoint
+        if logger is not None:
+            status["tracking_failures"] = logger.failures + logger.dropped
         _report(epoch, epoch_metrics, global_step, history, model, optimizer, scheduler,
-                settings, config, rank)
+                settings, config, rank, status)
         if trainer.fail_after_epoch == epoch and not resumed and rank == 0:
             raise InjectedFailure(f"injected after epoch {epoch} (trainer.fail_after_epoch)")
 
@@ -240,7 +268,7 @@ def _log_epoch(logger, epoch, epoch_metrics, history, model, pictures, settings,
 
 
 def _report(epoch, metrics, global_step, history, model, optimizer, scheduler, settings,
-            config, rank) -> None:
+            config, rank, status) -> None:
     """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint."""
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
@@ -264,6 +292,6 @@ def _report(epoch, metrics, global_step, history, model, optimizer, scheduler, s
             )
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(
-            {"epoch": epoch, **metrics}, checkpoint=checkpoint,
+            {"epoch": epoch, **metrics, **status}, checkpoint=checkpoint,
             checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
         )

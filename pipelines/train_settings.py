@@ -16,6 +16,7 @@ import torch
 
 from samdetr.config import DetectorConfig
 from samdetr.optim import OptimConfig
+from samdetr.storage import absolute, is_uri
 
 #: File name of the samdetr checkpoint inside each Ray Train checkpoint folder.
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -36,6 +37,13 @@ def _fields_of(cls: type, data: Any, where: str) -> dict[str, Any]:
 def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _non_negative(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value >= 0
+    ):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
 
 def _without_source(data: Any) -> Any:
@@ -60,7 +68,9 @@ class DataSettings:
     # Rows per Ray Data block: blocks are dealt to the workers whole, so the workers' shares of
     # an epoch end at most this many images apart (smaller: finer balance, more tasks).
     rows_per_block: int = 16
-    eval_loader_workers: int = 0  # DataLoader processes decoding validation images
+    # Processes decoding validation images beside each training worker (0: the worker itself
+    # decodes, and its device idles meanwhile); kept alive from one epoch to the next.
+    eval_loader_workers: int = 2
 
     def __post_init__(self) -> None:
         for name in ("name", "train_shards", "val_shards"):
@@ -99,6 +109,12 @@ class TrainerSettings:
     log_every: int = 10  # steps between per-step metrics
     num_pictures: int = 4  # validation images drawn with predictions each epoch
     ray_address: str | None = None  # None: embedded local Ray, or RAY_ADDRESS
+    # Extra Ray resources each worker asks for (custom node labels, accelerator types), e.g.
+    # {"accelerator_type:H100": 0.001}; CPU and GPU come from the fields above.
+    worker_resources: dict[str, float] | None = None
+    # Resuming refuses a config that differs from the run's stored one in anything but the
+    # epoch count, paths, logging and placement; true accepts the differences (and logs them).
+    allow_config_change: bool = False
     # Fault injection for tests and drills: rank 0 raises once, after epoch N is reported,
     # in an attempt that did not start from a checkpoint.
     fail_after_epoch: int | None = None
@@ -118,28 +134,24 @@ class TrainerSettings:
         _positive_int(self.log_every, "trainer.log_every")
         _positive_int(self.num_pictures, "trainer.num_pictures", 0)
         _positive_int(self.seed, "trainer.seed", 0)
-        for name in ("use_gpu", "bf16"):
+        for name in ("use_gpu", "bf16", "allow_config_change"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"trainer.{name} must be true or false")
         for name in ("cpus_per_worker", "gpus_per_worker"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value >= 0
-            ):
-                raise ValueError(f"trainer.{name} must be a number >= 0, got {value!r}")
+            _non_negative(getattr(self, name), f"trainer.{name}")
+        if not isinstance(self.worker_resources, (dict, type(None))):
+            raise ValueError("trainer.worker_resources must be a mapping of resource -> amount")
+        for key, value in (self.worker_resources or {}).items():
+            if key in ("CPU", "GPU", "memory"):
+                raise ValueError(f"trainer.worker_resources: set {key} through cpus_per_worker / "
+                                 "gpus_per_worker, not here")
+            _non_negative(value, f"trainer.worker_resources.{key}")
         if self.bf16 and not self.use_gpu:
             raise ValueError("trainer.bf16 needs use_gpu=true (bf16 autocast is for GPUs)")
         if self.use_gpu and self.gpus_per_worker <= 0:
             raise ValueError("trainer.use_gpu needs gpus_per_worker > 0")
         if self.fail_after_epoch is not None:
             _positive_int(self.fail_after_epoch, "trainer.fail_after_epoch", 0)
-
-    @property
-    def storage_uri(self) -> str:
-        """Ray needs an absolute path (its workers chdir into their own folders)."""
-        if "://" in self.storage_path:
-            return self.storage_path
-        return os.path.abspath(self.storage_path)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -149,6 +161,7 @@ class TrainerSettings:
         resources = {"CPU": float(self.cpus_per_worker)}
         if self.use_gpu:
             resources["GPU"] = float(self.gpus_per_worker)
+        resources.update({k: float(v) for k, v in (self.worker_resources or {}).items()})
         return resources
 
 
@@ -165,6 +178,10 @@ class TrackingSettings:
     registered_model: str | None = None  # register the best model under this name
     alias: str | None = None  # ... and point this alias (e.g. "candidate") at the new version
     log_model: bool = True
+    # While the store fails, rank 0 keeps training, keeps the metrics and tries again this often.
+    retry_after_s: float = 30.0
+    # How long the end of an epoch (and of the run) waits for queued metrics to reach the store.
+    flush_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("enabled", "log_model"):
@@ -176,9 +193,17 @@ class TrackingSettings:
             raise ValueError("tracking.alias needs tracking.registered_model")
         if self.registered_model is not None and not self.log_model:
             raise ValueError("tracking.registered_model needs tracking.log_model=true")
+        for name in ("retry_after_s", "flush_timeout_s"):
+            _non_negative(getattr(self, name), f"tracking.{name}")
 
     def resolved_uri(self) -> str:
-        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        """The store in use: the setting, else $MLFLOW_TRACKING_URI, else ./mlflow.db; a
+        relative SQLite path made absolute (workers run in other folders)."""
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            return prefix + os.path.abspath(uri[len(prefix) :])
+        return uri
 
 
 @dataclass(frozen=True)
@@ -208,6 +233,36 @@ class TrainSettings:
                 **_fields_of(TrackingSettings, data.get("tracking") or {}, "tracking")
             ),
         )
+
+    def resolved(self) -> TrainSettings:
+        """These settings with every local path absolute, against the driver's cwd.
+
+        Call it once, on the driver: Ray Train workers run in folders of their own, and on a
+        cluster on other machines, so a relative path would name another file there. URIs
+        (``s3://...``) stay as they are; the tracking URI is fixed to the store in use.
+        """
+        data = dataclasses.replace(
+            self.data, train_shards=absolute(self.data.train_shards),
+            val_shards=absolute(self.data.val_shards),
+        )
+        storage = absolute(self.trainer.storage_path)
+        trainer = dataclasses.replace(self.trainer, storage_path=storage)
+        location = self.tracking.artifact_location
+        tracking = dataclasses.replace(
+            self.tracking, tracking_uri=self.tracking.resolved_uri(),
+            artifact_location=absolute(location) if location else location,
+        )
+        return dataclasses.replace(self, data=data, trainer=trainer, tracking=tracking)
+
+    def local_paths(self) -> dict[str, str]:
+        """``{setting: path}`` of the settings that name local files (not URIs), which every
+        node of a cluster must see: the shard sets and the run's storage."""
+        paths = {
+            "data.train_shards": self.data.train_shards,
+            "data.val_shards": self.data.val_shards,
+            "trainer.storage_path": self.trainer.storage_path,
+        }
+        return {k: v for k, v in paths.items() if not is_uri(v)}
 
     def to_dict(self) -> dict[str, Any]:
         """The inverse of :meth:`from_dict`: plain, JSON-safe, picklable into Ray workers."""

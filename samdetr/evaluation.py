@@ -83,7 +83,8 @@ def eval_loader(
         for i in range(first, min(first + batch_size, size))
     ]
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=mine, collate_fn=collate, num_workers=num_workers
+        dataset, batch_size=batch_size, sampler=mine, collate_fn=collate, num_workers=num_workers,
+        persistent_workers=num_workers > 0,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-__all__ = ["file_sizes", "is_local", "resolve_fs"]
+__all__ = ["absolute", "file_sizes", "is_local", "is_uri", "resolve_fs"]
 
 # Signs of a refused bucket-level request (S3 HeadBucket needs s3:ListBucket, GCS bucket
 # metadata needs storage.buckets.get): object-level rights may still suffice, so go on.
@@ -29,6 +29,23 @@ def is_local(fs: pafs.FileSystem) -> bool:
     if isinstance(fs, pafs.SubTreeFileSystem):
         return is_local(fs.base_fs)
     return isinstance(fs, pafs.LocalFileSystem)
+
+
+def is_uri(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a URI (``scheme://...``) rather than a local path."""
+    return "://" in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> str:
+    """A URI unchanged; a local path made absolute against ``base`` (default: the cwd).
+
+    Resolve paths once, where they were given: processes started elsewhere (Ray workers chdir
+    into their own folders) would read a relative path against another folder.
+    """
+    path = os.fspath(path)
+    if is_uri(path):
+        return path
+    return os.path.abspath(os.path.join(os.fspath(base), path) if base is not None else path)
 
 
 def resolve_fs(path: str | os.PathLike[str], fs: pafs.FileSystem | None = None) -> tuple[Any, str]:

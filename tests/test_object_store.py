@@ -7,7 +7,6 @@ shards there, and every reader (ShardDataset, Ray Data, COCO evaluation) reads t
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
 from types import SimpleNamespace
@@ -17,11 +16,10 @@ import pytest
 pytest.importorskip("moto.server")
 pytest.importorskip("ray")
 
-import boto3  # noqa: E402  (installed with moto)
 import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 from coco_subset import write_coco_subset  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
+from s3_server import moto_s3  # noqa: E402
 
 from pipelines.data import shard_dataset, training_dataset  # noqa: E402
 from pipelines.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
@@ -46,42 +44,23 @@ def _closed_port() -> int:
 @pytest.fixture(scope="module")
 def s3(coco128_dir, tmp_path_factory):
     """A running moto S3 server with a bucket holding a COCO subset, and the AWS environment."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",  # no slow instance-metadata lookups
-    }
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for key, value in env.items():
-                mp.setenv(key, value)
-            mp.setenv("RAY_AUTH_MODE", "disabled")
-            client = boto3.client("s3")  # a client independent of the code under test
-            client.create_bucket(Bucket=BUCKET)
-            local = tmp_path_factory.mktemp("coco-subset")
-            images = write_coco_subset(coco128_dir, local / "annotations.json", NUM_IMAGES)
-            client.upload_file(str(local / "annotations.json"), BUCKET, "coco/annotations.json")
-            for info in images:
-                path = coco128_dir / "images" / info["file_name"]
-                client.upload_file(str(path), BUCKET, f"coco/images/{info['file_name']}")
-            yield SimpleNamespace(
-                env=env,
-                client=client,
-                annotations=str(local / "annotations.json"),
-                images=str(coco128_dir / "images"),
-                ids=sorted(i["id"] for i in images),
-                file_names=[i["file_name"] for i in images],
-                tmp=tmp_path_factory.mktemp("s3-local"),
-            )
-    finally:
-        server.stop()
+    with moto_s3(BUCKET) as store, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        local = tmp_path_factory.mktemp("coco-subset")
+        images = write_coco_subset(coco128_dir, local / "annotations.json", NUM_IMAGES)
+        store.client.upload_file(str(local / "annotations.json"), BUCKET, "coco/annotations.json")
+        for info in images:
+            path = coco128_dir / "images" / info["file_name"]
+            store.client.upload_file(str(path), BUCKET, f"coco/images/{info['file_name']}")
+        yield SimpleNamespace(
+            env=store.env,
+            client=store.client,
+            annotations=str(local / "annotations.json"),
+            images=str(coco128_dir / "images"),
+            ids=sorted(i["id"] for i in images),
+            file_names=[i["file_name"] for i in images],
+            tmp=tmp_path_factory.mktemp("s3-local"),
+        )
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,13 @@ pytest.importorskip("mlflow")
 import ray  # noqa: E402
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from train_case import tiny_settings, write_shards  # noqa: E402
 
 from pipelines.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
 from pipelines.train_settings import TrainSettings  # noqa: E402
-from samdetr.synthetic import write_synthetic_shards  # noqa: E402
 
 EPOCH_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "epoch_time_s", "loss")
-
-
-def _shards(root, split: str, count: int, seed: int) -> str:
-    write_synthetic_shards(root / "data" / split, root / "shards" / split, count, seed=seed,
-                           split=split, image_size=(80, 128), max_objects=3)
-    return str(root / "shards" / split)
 
 
 @pytest.fixture(scope="module")
@@ -38,39 +32,23 @@ def workspace(tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield {
         "root": root,
-        "train": _shards(root, "train", 12, seed=0),
-        "val": _shards(root, "val", 6, seed=1),
+        "train": write_shards(root, "train", 12, seed=0),
+        "val": write_shards(root, "val", 6, seed=1),
         "uri": f"sqlite:///{root / 'mlflow.db'}",
     }
     ray.shutdown()
 
 
 def _settings(ws, run_name: str, epochs: int, **trainer) -> TrainSettings:
-    return TrainSettings.from_dict({
-        "model": {
-            "backbone": {"name": "resnet18"}, "hidden_dim": 32, "num_heads": 4,
-            "num_salient_points": 4, "num_encoder_layers": 1, "num_decoder_layers": 2,
-            "dim_feedforward": 64, "dropout": 0.0, "num_queries": 8, "num_classes": 8,
-        },
-        "optim": {"lr": 2e-4, "lr_backbone": 2e-5},
-        "data": {
-            "name": "synthetic", "train_shards": ws["train"], "val_shards": ws["val"],
-            "batch_size": 3, "eval_batch_size": 2, "shuffle_buffer": 4, "rows_per_block": 3,
-            "train_transform": {"scales": [80, 96], "max_size": 128, "crop_sizes": [80],
-                                "crop_range": [48, 80]},
-            "eval_transform": {"size": 80, "max_size": 128},
-        },
-        "trainer": {
-            "run_name": run_name, "storage_path": str(ws["root"] / "ray"), "epochs": epochs,
-            "num_workers": 2, "cpus_per_worker": 0.5, "log_every": 1, "num_pictures": 1,
-            **trainer,
-        },
-        "tracking": {
-            "tracking_uri": ws["uri"], "experiment": "tests",
-            "artifact_location": str(ws["root"] / "artifacts"),
-            "registered_model": "tiny-detr", "alias": "candidate",
-        },
-    })
+    tracking = {
+        "tracking_uri": ws["uri"], "experiment": "tests",
+        "artifact_location": str(ws["root"] / "artifacts"),
+        "registered_model": "tiny-detr", "alias": "candidate",
+    }
+    return TrainSettings.from_dict(tiny_settings(
+        ws["train"], ws["val"], str(ws["root"] / "ray"), run_name, epochs, tracking=tracking,
+        **trainer,
+    ))
 
 
 def _run(client: MlflowClient, run_id: str):
