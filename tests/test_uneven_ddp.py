@@ -96,7 +96,9 @@ def test_uneven_batch_counts_train_like_one_process_on_the_same_data(tmp_path):
     for name, value in reference.items():
         torch.testing.assert_close(results[0]["state"][name], results[1]["state"][name],
                                    rtol=0, atol=0, msg=f"ranks disagree on {name}")
-        torch.testing.assert_close(results[0]["state"][name], value, rtol=1e-4, atol=1e-5,
+        # float32 sums in another order: up to 3.2e-5 apart here (torch 2.14.1); a stand-in
+        # step weighted by 1 instead of 0 moves some weights by 6.6e-4.
+        torch.testing.assert_close(results[0]["state"][name], value, rtol=1e-4, atol=1e-4,
                                    msg=f"{name} differs from the one-process run")
 
 
