@@ -1,9 +1,10 @@
 """What decoding validation images in worker processes buys and costs (eval_loader_workers).
 
 For each number of loader processes, on coco128-dev's photos at the evaluation size (800 px,
-batch 4): images/s of the evaluation loader alone (decode, resize, batch: how fast it could feed
-a device), images/s of a whole evaluation pass with the small model on this CPU, and the memory
-of the loader's processes (PSS: shared pages counted once). All figures come from one run.
+batch 4): the evaluation loader alone (decode, resize, batch: how fast it could feed a device),
+as seconds to its first batch (process start included) and images/s after it; images/s of a
+whole evaluation pass with the small model on this CPU; and the memory of the loader's
+processes (PSS: shared pages counted once). All figures come from one run.
 
     python bench/eval_decode.py [--workers 0 2] [--images 64] [--threads 2]
 """
@@ -41,18 +42,21 @@ def _pss_mib(pid: int) -> float:
 
 
 def _loader_only(shards: str, workers: int, images: int) -> dict:
+    """Seconds to the first batch (process start included), then images/s after it."""
     loader = eval_loader(shards, batch_size=4, num_workers=workers)
-    start, seen, pss = time.perf_counter(), 0, []
+    start, seen, pss, first = time.perf_counter(), 0, [], None
     iterator = iter(loader)
     for batch in iterator:
-        seen += batch[0].shape[0]
-        if not pss and workers:
-            pss = [_pss_mib(p.pid) for p in iterator._workers]
+        if first is None:
+            first = time.perf_counter()
+            pss = [_pss_mib(p.pid) for p in getattr(iterator, "_workers", [])]
+        else:
+            seen += batch[0].shape[0]
         if seen >= images:
             break
-    seconds = time.perf_counter() - start
-    return {"images_per_s": round(seen / seconds, 2), "loader_process_pss_mib":
-            [round(v, 1) for v in pss]}
+    rate = seen / (time.perf_counter() - first)
+    return {"first_batch_s": round(first - start, 2), "images_per_s": round(rate, 2),
+            "loader_process_pss_mib": [round(v, 1) for v in pss]}
 
 
 def _with_model(shards: str, workers: int, images: int) -> dict:
