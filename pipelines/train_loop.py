@@ -2,8 +2,9 @@
 over the workers, checkpoints, and rank 0's MLflow logging.
 
 ``train_loop_config`` is a plain dict: ``settings`` (``TrainSettings.to_dict()``),
-``run_id`` / ``tracking_uri`` of the MLflow run (or ``None``), ``categories``, and
-``epoch_clock``, the name of the run's :class:`pipelines.data.EpochClock`.
+``run_id`` / ``tracking_uri`` of the MLflow run (or ``None``), ``categories``,
+``epoch_clock``, the name of the run's :class:`pipelines.data.EpochClock`, and ``fit_id``, which
+tells the driver this call's reports from the ones restored checkpoints still carry.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray.train
@@ -128,15 +130,41 @@ def _pictures(model, images, settings: TrainSettings, categories, device) -> Any
     return image_grid(drawn) if drawn else None
 
 
+@dataclass
+class _Worker:
+    """What one worker trains with: its settings, place, model parts and (rank 0) logger."""
+
+    settings: TrainSettings
+    config: dict[str, Any]  # train_loop_config (module docstring)
+    rank: int
+    device: torch.device
+    model: torch.nn.Module  # DDP-wrapped
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    logger: Any = None  # pipelines.tracking.RunLogger on rank 0 of a tracked run
+
+
+@dataclass
+class _Progress:
+    """Where the run stands: restored from the checkpoint, advanced every epoch."""
+
+    start_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False
+    # What MLflow already holds (a restart in the middle of an epoch): not logged again.
+    logged_step: int | None = None
+    logged_epoch: int | None = None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     settings = TrainSettings.from_dict(config["settings"])
-    trainer = settings.trainer
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     if device.type == "cuda":  # collectives on objects (NCCL) use the current device
         torch.cuda.set_device(device)
-    seed_everything(trainer.seed + rank)
+    seed_everything(settings.trainer.seed + rank)
 
     checkpoint = ray.train.get_checkpoint()
     # ImageNet backbone weights only for a fresh start; a checkpoint has all the weights.
@@ -154,50 +182,55 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         logger = RunLogger(config["tracking_uri"], config["run_id"],
                            retry_after_s=settings.tracking.retry_after_s, warn=_say)
+    worker = _Worker(settings, config, rank, device, model, criterion, optimizer, scheduler,
+                     logger)
     try:
-        _train(settings, config, model, criterion, optimizer, scheduler, payload, logger)
+        _train(worker, _progress(payload, logger))
     finally:
         if logger is not None:
             logger.close(settings.tracking.flush_timeout_s)
 
 
-def _train(settings, config, model, criterion, optimizer, scheduler, payload, logger) -> None:
-    """The epochs still to do (from ``payload``, the restored checkpoint, if any)."""
+def _progress(payload: dict[str, Any] | None, logger: Any) -> _Progress:
+    """The run's state from the restored checkpoint; on a resume, what MLflow already holds,
+    and the epochs it missed (the store was down) logged now from the checkpoint's history."""
+    if payload is None:
+        return _Progress()
+    progress = _Progress(payload["epoch"] + 1, payload["global_step"], list(payload["history"]),
+                         resumed=True)
+    if logger is not None:
+        progress.logged_step = logger.last_step("train/loss")
+        progress.logged_epoch = logger.last_step("loss")
+        if progress.logged_epoch is not None:
+            for entry in (h for h in progress.history if h["epoch"] > progress.logged_epoch):
+                logger.log_metrics({k: v for k, v in entry.items() if k != "epoch"},
+                                   entry["epoch"])
+    return progress
+
+
+def _train(worker: _Worker, progress: _Progress) -> None:
+    """The epochs still to do."""
+    settings, rank, logger = worker.settings, worker.rank, worker.logger
     trainer, data = settings.trainer, settings.data
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    device = ray.train.torch.get_device()
-    resumed = payload is not None
-    start_epoch = payload["epoch"] + 1 if resumed else 0
-    global_step = payload["global_step"] if resumed else 0
-    history = list(payload["history"]) if resumed else []
-    # A restart in the middle of an epoch: what the failed attempt already logged is not
-    # logged again (MLflow appends, it never replaces a step); epochs whose metrics never
-    # reached the store (it was down) are logged now from the checkpoint's history.
-    logged_step = logger.last_step("train/loss") if logger is not None and resumed else None
-    logged_epoch = logger.last_step("loss") if logger is not None and resumed else None
-    if logged_epoch is not None:
-        for entry in (h for h in history if h["epoch"] > logged_epoch):
-            logger.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, entry["epoch"])
     pictures = _picture_images(settings) if logger is not None else []
     coco_gt = ground_truth(data.val_shards) if rank == 0 else None
     val_batches = eval_loader(
         data.val_shards, batch_size=data.eval_batch_size, rank=rank,
-        world_size=context.get_world_size(), num_workers=data.eval_loader_workers,
-        **data.eval_transform,
+        world_size=ray.train.get_context().get_world_size(),
+        num_workers=data.eval_loader_workers, **data.eval_transform,
     )
     train_shard = ray.train.get_dataset_shard("train")
     if rank == 0:
-        if start_epoch >= trainer.epochs:
+        if progress.start_epoch >= trainer.epochs:
             _say(f"run {trainer.run_name}: all {trainer.epochs} epochs already done")
-        elif resumed:
-            _say(f"run {trainer.run_name}: resuming at epoch {start_epoch + 1}")
+        elif progress.resumed:
+            _say(f"run {trainer.run_name}: resuming at epoch {progress.start_epoch + 1}")
 
-    for epoch in range(start_epoch, trainer.epochs):
+    for epoch in range(progress.start_epoch, trainer.epochs):
         # Seeding per epoch makes a resumed run draw what an uninterrupted one would.
         seed_everything(trainer.seed + rank + 1000 * epoch)
-        if rank == 0 and config.get("epoch_clock"):  # before this epoch's first batch
-            EpochClock.set_epoch(config["epoch_clock"], epoch)
+        if rank == 0 and worker.config.get("epoch_clock"):  # before this epoch's first batch
+            EpochClock.set_epoch(worker.config["epoch_clock"], epoch)
         batches = train_shard.iter_torch_batches(
             batch_size=data.batch_size,
             collate_fn=PadCollate(),
@@ -205,25 +238,12 @@ def _train(settings, config, model, criterion, optimizer, scheduler, payload, lo
             local_shuffle_seed=trainer.seed + epoch if data.shuffle_buffer else None,
             prefetch_batches=2,  # keep decoded batches ready while the step runs
         )
-        step_base = global_step
-
-        def on_step(step: int, values: dict[str, float], base: int = step_base) -> None:
-            if logger is not None and (logged_step is None or base + step > logged_step):
-                logger.log_metrics({f"train/{k}": v for k, v in values.items()}, base + step)
-
         start = time.perf_counter()
-        stats = train_one_epoch(
-            model, criterion, optimizer, batches, device,
-            clip_max_norm=settings.optim.clip_max_norm,
-            autocast_dtype=trainer.autocast_dtype,
-            world_reduce=distributed_mean,
-            on_step=on_step,
-            log_every=trainer.log_every,
-        )
-        scheduler.step()
-        all_stats = _gather(stats)
-        global_step += all_stats[0]["steps"]
-        metrics = _evaluate(model, val_batches, coco_gt, device, trainer.autocast_dtype)
+        all_stats = _gather(_train_epoch(worker, progress, batches))
+        worker.scheduler.step()
+        progress.global_step += all_stats[0]["steps"]
+        metrics = _evaluate(worker.model, val_batches, coco_gt, worker.device,
+                            trainer.autocast_dtype)
         images = sum(s["images"] for s in all_stats)
         weighted = sum(s["loss"] * s["batches"] for s in all_stats)
         epoch_metrics = {
@@ -232,11 +252,10 @@ def _train(settings, config, model, criterion, optimizer, scheduler, payload, lo
             "images_per_s": images / max(s["seconds"] for s in all_stats),
             "epoch_time_s": time.perf_counter() - start,
         }
-        history.append({"epoch": epoch, **epoch_metrics})
-        if logger is not None and (logged_epoch is None or epoch > logged_epoch):
-            _log_epoch(logger, epoch, epoch_metrics, history, model, pictures, settings, config,
-                       device)
+        progress.history.append({"epoch": epoch, **epoch_metrics})
         if logger is not None:
+            if progress.logged_epoch is None or epoch > progress.logged_epoch:
+                _log_epoch(worker, epoch, epoch_metrics, progress.history, pictures)
             # Before the checkpoint: a crash after it must not lose this epoch's metrics.
             logger.flush(settings.tracking.flush_timeout_s)
         if rank == 0:
@@ -245,43 +264,63 @@ def _train(settings, config, model, criterion, optimizer, scheduler, payload, lo
                 f"AP50 {epoch_metrics['AP50']:.4f} loss {epoch_metrics['loss']:.3f} "
                 f"{epoch_metrics['images_per_s']:.1f} img/s {epoch_metrics['epoch_time_s']:.0f}s"
             )
-        status = {"fit_id": config.get("fit_id", "")}  # for the driver, not the checkpoint
-        if logger is not None:
-            status["tracking_failures"] = logger.failures + logger.dropped
-        _report(epoch, epoch_metrics, global_step, history, model, optimizer, scheduler,
-                settings, config, rank, status)
-        if trainer.fail_after_epoch == epoch and not resumed and rank == 0:
+        _report(worker, epoch, epoch_metrics, progress)
+        if trainer.fail_after_epoch == epoch and not progress.resumed and rank == 0:
             raise InjectedFailure(f"injected after epoch {epoch} (trainer.fail_after_epoch)")
 
 
-def _log_epoch(logger, epoch, epoch_metrics, history, model, pictures, settings, config,
-               device) -> None:
+def _train_epoch(worker: _Worker, progress: _Progress, batches: Any) -> dict[str, Any]:
+    """One epoch of DDP steps; rank 0 logs the steps MLflow does not hold yet."""
+    settings, logger, base = worker.settings, worker.logger, progress.global_step
+
+    def on_step(step: int, values: dict[str, float]) -> None:
+        if logger is not None and (progress.logged_step is None
+                                   or base + step > progress.logged_step):
+            logger.log_metrics({f"train/{k}": v for k, v in values.items()}, base + step)
+
+    return train_one_epoch(
+        worker.model, worker.criterion, worker.optimizer, batches, worker.device,
+        clip_max_norm=settings.optim.clip_max_norm,
+        autocast_dtype=settings.trainer.autocast_dtype,
+        world_reduce=distributed_mean,
+        on_step=on_step,
+        log_every=settings.trainer.log_every,
+    )
+
+
+def _log_epoch(worker: _Worker, epoch: int, epoch_metrics: dict[str, float],
+               history: list[dict[str, Any]], pictures: list[Any]) -> None:
     from pipelines.plots import convergence_figure
 
+    logger = worker.logger
     logger.log_metrics(epoch_metrics, step=epoch)
-    figure = convergence_figure(history)
-    logger.log_figure(figure, "convergence.png")
+    logger.log_figure(convergence_figure(history), "convergence.png")
     if pictures:
-        grid = _pictures(model, pictures, settings, config.get("categories") or [], device)
+        categories = worker.config.get("categories") or []
+        grid = _pictures(worker.model, pictures, worker.settings, categories, worker.device)
         if grid is not None:
             logger.log_image(grid, f"predictions/epoch_{epoch + 1:03d}.png")
 
 
-def _report(epoch, metrics, global_step, history, model, optimizer, scheduler, settings,
-            config, rank, status) -> None:
+def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _Progress) -> None:
     """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint."""
+    settings, config = worker.settings, worker.config
+    # For the driver only, not the checkpoint: which call reported, and tracking failures.
+    status: dict[str, Any] = {"fit_id": config.get("fit_id", "")}
+    if worker.logger is not None:
+        status["tracking_failures"] = worker.logger.failures + worker.logger.dropped
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
-        if rank == 0:
+        if worker.rank == 0:
             save_checkpoint(
                 os.path.join(folder, CHECKPOINT_FILE),
-                _unwrap(model),
+                _unwrap(worker.model),
                 settings.detector,
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
+                optimizer=worker.optimizer.state_dict(),
+                scheduler=worker.scheduler.state_dict(),
                 epoch=epoch,
-                global_step=global_step,
-                history=history,
+                global_step=progress.global_step,
+                history=progress.history,
                 metrics=metrics,
                 rng=rng_state(),
                 settings=settings.to_dict(),
