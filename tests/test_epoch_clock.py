@@ -4,6 +4,7 @@ never read as some epoch it was not set to."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -38,6 +39,13 @@ def test_clock_comes_back_empty_after_its_process_dies(local_ray):
     EpochClock.set_epoch(clock.name, 3)
     assert EpochClock.current_epoch(clock.name) == 3
     ray.kill(clock.handle, no_restart=False)  # as if its worker process had died
+    # The kill is asynchronous: wait until the restarted actor is the one that answers.
+    actor_id = clock.handle._actor_id.hex()
+    deadline = time.monotonic() + 60
+    while not (state.actors(actor_id)["NumRestarts"] == 1
+               and state.actors(actor_id)["State"] == "ALIVE"):
+        assert time.monotonic() < deadline, "the clock did not come back"
+        time.sleep(0.05)
     # Restarted, it has forgotten the epoch and says so rather than answering 0 or 3.
     with pytest.raises(RuntimeError, match="holds no epoch"):
         EpochClock.current_epoch(clock.name, timeout_s=0.5)

@@ -59,7 +59,7 @@ def test_logger_keeps_what_a_stopped_server_refused_and_sends_it_once_back(serve
     for step in (3, 4, 5):
         logger.log_metrics({"m": step / 10}, step)
     logger.log_image(Image.new("RGB", (8, 8)), "pictures/p.png")
-    assert time.monotonic() - start < 0.5  # training never waits for the store
+    assert time.monotonic() - start < 2.0  # training never waits for the store
     _until(lambda: logger.failures >= 3)  # it kept trying
     assert not logger.flush(5)  # returns at once while the store fails
     assert len([s for s in said if "failed" in s]) == 1  # reported once
