@@ -74,9 +74,7 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
     _connect(settings.trainer.ray_address)
     check_cluster(settings)
     run_id, uri = open_tracking(settings, previous, config_yaml)
-    write_record(settings.trainer.storage_path, new_record(
-        settings.trainer.run_name, run_id, uri, settings.to_dict(), previous,
-    ))
+    store_record(settings, previous, run_id, uri)
     warnings: list[str] = []
     try:
         summary = _fit(settings, data, run_id, uri)
@@ -115,6 +113,17 @@ def previous_record(settings: TrainSettings) -> RunRecord | None:
     return previous
 
 
+def store_record(settings: TrainSettings, previous: RunRecord | None, run_id: str | None,
+                 uri: str | None) -> None:
+    """Write the run's record for this start (before training, so a crash still leaves it)."""
+    if run_id is None and previous is not None:
+        # A start without tracking keeps the MLflow run that a later tracked start continues.
+        run_id, uri = previous.mlflow_run_id, previous.tracking_uri
+    write_record(settings.trainer.storage_path, new_record(
+        settings.trainer.run_name, run_id, uri, settings.to_dict(), previous,
+    ))
+
+
 def open_tracking(settings: TrainSettings, previous: RunRecord | None,
                    config_yaml: str) -> tuple[str | None, str | None]:
     """``(run_id, uri)`` of the MLflow run: the stored one when resuming, else a new one."""
@@ -138,7 +147,8 @@ def open_tracking(settings: TrainSettings, previous: RunRecord | None,
             uri, tracking.experiment, name, flatten(settings.to_dict()),
             config_yaml or json.dumps(settings.to_dict(), indent=2), tracking.artifact_location,
         )
-    _say(f"MLflow run {run_id} ({'resumed' if previous else 'new'}) at {uri}")
+    resumed = previous is not None and previous.mlflow_run_id
+    _say(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {uri}")
     return run_id, uri
 
 

@@ -21,7 +21,12 @@ from pipelines.run_record import (  # noqa: E402
     read_record,
     write_record,
 )
-from pipelines.train import open_tracking, previous_record, run_training  # noqa: E402
+from pipelines.train import (  # noqa: E402
+    open_tracking,
+    previous_record,
+    run_training,
+    store_record,
+)
 from pipelines.train_settings import TrainSettings  # noqa: E402
 
 
@@ -132,3 +137,14 @@ def test_record_round_trip_and_a_foreign_file(tmp_path):
     (tmp_path / "store" / "q" / RECORD_FILE).write_text('{"something": "else"}')
     with pytest.raises(ValueError, match="is not a run record"):
         read_record(str(tmp_path / "store"), "q")
+
+
+def test_a_start_without_tracking_keeps_the_stored_mlflow_run(tmp_path):
+    tracked = _settings(tmp_path).resolved()
+    run_id, uri = open_tracking(tracked, None, "")
+    store_record(tracked, None, run_id, uri)
+    untracked = TrainSettings.from_dict({**tracked.to_dict(), "tracking": {"enabled": False}})
+    assert open_tracking(untracked, previous_record(untracked), "") == (None, None)
+    store_record(untracked, previous_record(untracked), None, None)
+    assert previous_record(tracked).mlflow_run_id == run_id  # a later tracked start goes on
+    assert open_tracking(tracked, previous_record(tracked), "")[0] == run_id
