@@ -202,7 +202,7 @@ class TrackingSettings:
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
         prefix = "sqlite:///"
         if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            return prefix + os.path.abspath(uri[len(prefix) :])
+            return prefix + absolute(uri[len(prefix) :])
         return uri
 
 

@@ -66,8 +66,8 @@ def resolve_fs(path: str | os.PathLike[str], fs: pafs.FileSystem | None = None) 
         return fs, path
     if not path:
         raise ValueError("empty path: expected a local path or a URI such as s3://bucket/prefix")
-    if "://" not in path:
-        return pafs.LocalFileSystem(), os.path.abspath(path)
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), absolute(path)
     try:
         rfs, rpath = pafs.FileSystem.from_uri(path)
     except pa.ArrowInvalid as exc:  # unknown scheme, bad query parameter, malformed URI

@@ -7,7 +7,6 @@ shards there, and every reader (ShardDataset, Ray Data, COCO evaluation) reads t
 
 from __future__ import annotations
 
-import socket
 import time
 from types import SimpleNamespace
 
@@ -19,6 +18,7 @@ pytest.importorskip("ray")
 import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 from coco_subset import write_coco_subset  # noqa: E402
+from mlflow_server import free_port  # noqa: E402
 from s3_server import moto_s3  # noqa: E402
 
 from pipelines.data import shard_dataset, training_dataset  # noqa: E402
@@ -33,12 +33,6 @@ BUCKET = "samdetr-test"
 NUM_IMAGES = 6
 SHARD_MB = 0.4  # several shards of the 6 photos
 SMALL = {"scales": [96, 128], "max_size": 200, "crop_sizes": [100], "crop_range": [64, 96]}
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens there once the socket is closed
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +182,7 @@ def test_missing_bucket_fails_clearly(s3):
 
 def test_unreachable_server_fails_clearly_and_quickly(s3, monkeypatch):
     # Readers (read_manifest, ShardDataset, ...) go through the same first check.
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     start = time.monotonic()
     with pytest.raises(OSError, match="cannot reach the s3 store for 's3://samdetr-test/"):
         _preprocess(s3, f"s3://{BUCKET}/shards/train")
@@ -242,7 +236,7 @@ def test_bucket_check_is_not_s3_specific():
     gcs = pafs.GcsFileSystem(
         anonymous=True,
         scheme="http",
-        endpoint_override=f"127.0.0.1:{_closed_port()}",
+        endpoint_override=f"127.0.0.1:{free_port()}",
         retry_time_limit=timedelta(seconds=0.5),
     )
     with pytest.raises(OSError, match="cannot reach the gcs store for 'gs://bucket/x'"):
