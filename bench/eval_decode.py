@@ -25,8 +25,8 @@ from loader import write_shards  # noqa: E402  (the bench's serial shard writer)
 
 from samdetr.builder import build_model  # noqa: E402
 from samdetr.config import BackboneConfig, DetectorConfig, ModelConfig  # noqa: E402
-from samdetr.engine import predict  # noqa: E402
-from samdetr.evaluation import eval_loader  # noqa: E402
+from samdetr.engine.evaluation import eval_loader  # noqa: E402
+from samdetr.engine.loop import predict  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-dev"
 SMALL = ModelConfig(backbone=BackboneConfig(name="resnet18"), hidden_dim=64,

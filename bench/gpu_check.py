@@ -9,7 +9,7 @@ rounds matmul/conv inputs to 10 bits, far above the 1e-5 tolerances: outputs, to
 and gradients vs the official code with the tolerances of tests/test_official_fixture.py);
 fixture_bf16 (the same under bf16 autocast: diffs for information; losses must be float32 and
 finite, gradients finite); train_bf16 (the demo's small model on synthetic shards, --shards
-DIR with train/ and val/, through samdetr.loader and train_one_epoch, then COCO AP); speed (R50
+DIR with train/ and val/, through samdetr.data.loader and train_one_epoch, then COCO AP); speed (R50
 sam/smca/baseline training steps in bf16 and fp32 at 4x3x800x1066 and 2x3x512x512, peak CUDA
 memory, sam eval images/s; bounded by --speed-seconds); ddp_nccl (a one-process DDP group,
 NCCL on CUDA and gloo on CPU, and the object collectives of pipelines/train_loop.py; last, so
@@ -43,12 +43,14 @@ from gpu_fixture import fixture_part, tf32  # bench/: on sys.path when run as a 
 
 from samdetr.builder import build_criterion, build_model
 from samdetr.config import DetectorConfig, preset
-from samdetr.engine import autocast_context, predict, seed_everything, train_one_epoch
-from samdetr.loader import EpochSampler, RowDecoder, build_loader, set_epoch
-from samdetr.optim import OptimConfig, build_optimizer
-from samdetr.postprocess import PostProcess
-from samdetr.shards import ShardDataset, read_manifest
-from samdetr.transforms import train_transforms
+from samdetr.data.loader import RowDecoder, build_loader, set_epoch
+from samdetr.data.samplers import EpochSampler
+from samdetr.data.shards import ShardDataset, read_manifest
+from samdetr.data.transforms import train_transforms
+from samdetr.engine.loop import autocast_context, predict, train_one_epoch
+from samdetr.engine.optim import OptimConfig, build_optimizer
+from samdetr.engine.reproducibility import seed_everything
+from samdetr.model.postprocess import PostProcess
 
 PARTS = ("fixture_fp32", "fixture_bf16", "train_bf16", "speed", "ddp_nccl")
 # conf/model/small.yaml, with the demo's transforms and rates (conf/experiment/demo.yaml)
@@ -106,8 +108,8 @@ def small_setup(args, cfg, device):
 
 
 def train_bf16(args, cfg, device) -> dict:
-    from samdetr.coco_eval import evaluate_detections  # pycocotools: only where needed
-    from samdetr.evaluation import eval_loader, ground_truth
+    from samdetr.engine.coco_eval import evaluate_detections  # pycocotools: only where needed
+    from samdetr.engine.evaluation import eval_loader, ground_truth
 
     seed_everything(0)
     model, criterion, optimizer, loader = small_setup(args, cfg, device)
@@ -228,9 +230,9 @@ def ddp_nccl(args, cfg, device) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from samdetr.coco_eval import evaluate_detections
-    from samdetr.criterion import distributed_mean
-    from samdetr.evaluation import eval_loader, ground_truth
+    from samdetr.engine.coco_eval import evaluate_detections
+    from samdetr.engine.evaluation import eval_loader, ground_truth
+    from samdetr.model.criterion import distributed_mean
 
     backend = "nccl" if device.type == "cuda" else "gloo"
     with socket.socket() as probe:  # a free port for the TCP rendezvous
@@ -283,7 +285,7 @@ def ddp_nccl(args, cfg, device) -> dict:
 # ----------------------------------------------------------------------------- main
 def make_shards(root: Path) -> Path:
     """The demo's kind of synthetic data as shard sets ``root/{train,val}`` (without Ray)."""
-    from samdetr.synthetic import write_synthetic_shards
+    from samdetr.data.synthetic import write_synthetic_shards
 
     options = dict(image_size=(128, 192), max_objects=2, object_size=(0.3, 0.55))
     for split, count, seed in (("train", 160, 0), ("val", 32, 1)):

@@ -18,9 +18,9 @@ import torch
 
 from samdetr.batching import pad_images
 from samdetr.builder import build_criterion
-from samdetr.engine import autocast_context
+from samdetr.engine.loop import autocast_context
+from samdetr.model.postprocess import PostProcess
 from samdetr.official import convert_state_dict, model_from_official_state
-from samdetr.postprocess import PostProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import official_fixture  # noqa: E402  (the fixture's one reader, beside the tests)

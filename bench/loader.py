@@ -6,7 +6,7 @@ tensor with normalised cxcywh boxes, one image at a time, one thread, so images/
 
 (a) classic: open each JPEG file, PIL decode, PIL flip/resize/crop, to_tensor + normalize
     (what DETR's torchvision-style loader does);
-(b) shards: rows from the Parquet shards (ShardDataset), RowDecoder with samdetr.transforms.
+(b) shards: rows from the Parquet shards (ShardDataset), RowDecoder with samdetr.data.transforms.
 
 Also: preprocessing throughput (pipelines.preprocess on the local Ray) with 1 and 2 CPUs, end to
 end and over the shard tasks alone (Ray's task timeline: first start to last end), and
@@ -33,11 +33,13 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from samdetr.coco_rows import load_annotations, local_reader
-from samdetr.loader import BlockShuffleSampler, EpochSampler, RowDecoder
-from samdetr.preprocessing import write_shard_set
-from samdetr.shards import ShardDataset, resolve_fs
-from samdetr.transforms import (
+from samdetr.data.coco_rows import load_annotations, local_reader
+from samdetr.data.loader import RowDecoder
+from samdetr.data.samplers import BlockShuffleSampler, EpochSampler
+from samdetr.data.shard_writer import write_shard_set
+from samdetr.data.shards import ShardDataset
+from samdetr.data.storage import resolve_fs
+from samdetr.data.transforms import (
     DEFAULT_SCALES,
     IMAGENET_MEAN,
     IMAGENET_STD,

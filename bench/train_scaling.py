@@ -6,7 +6,7 @@ Writes synthetic shards once, then measures training images/s (the training part
 without evaluation; median over the epochs after the first, which warms up):
 
 - ``plain``: one process, no Ray — shard rows decoded and augmented by a DataLoader in the
-  same process, ``samdetr.engine.train_one_epoch`` with 1 torch thread;
+  same process, ``samdetr.engine.loop.train_one_epoch`` with 1 torch thread;
 - ``ray_1``: ``pipelines.train`` with 1 Ray Train worker (decoding in Ray Data tasks);
 - ``ray_2``: the same with 2 workers (DDP over gloo), each 1 torch thread.
 
@@ -38,7 +38,7 @@ TRAIN_TRANSFORM = {"scales": [160, 192], "max_size": 256, "crop_sizes": [160],
 
 
 def _shards(root: Path, split: str, count: int, seed: int) -> str:
-    from samdetr.synthetic import write_synthetic_shards
+    from samdetr.data.synthetic import write_synthetic_shards
 
     write_synthetic_shards(root / "data" / split, root / "shards" / split, count, seed=seed,
                            split=split, image_size=(160, 256))
@@ -51,11 +51,13 @@ def plain_loop(train: str, epochs: int, batch_size: int) -> list[float]:
 
     from samdetr.builder import build_criterion, build_model
     from samdetr.config import DetectorConfig
-    from samdetr.engine import seed_everything, train_one_epoch
-    from samdetr.loader import EpochSampler, RowDecoder, build_loader, set_epoch
-    from samdetr.optim import OptimConfig, build_optimizer
-    from samdetr.shards import ShardDataset
-    from samdetr.transforms import train_transforms
+    from samdetr.data.loader import RowDecoder, build_loader, set_epoch
+    from samdetr.data.samplers import EpochSampler
+    from samdetr.data.shards import ShardDataset
+    from samdetr.data.transforms import train_transforms
+    from samdetr.engine.loop import train_one_epoch
+    from samdetr.engine.optim import OptimConfig, build_optimizer
+    from samdetr.engine.reproducibility import seed_everything
 
     torch.set_num_threads(1)
     seed_everything(42)

@@ -16,7 +16,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipelines.train_settings import TrainSettings
-from samdetr.shards import MANIFEST_NAME
+from samdetr.data.shards import MANIFEST_NAME
 
 #: How long a node may take to answer the check (it may have to start a worker process).
 PROBE_TIMEOUT_S = 120.0

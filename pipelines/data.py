@@ -15,11 +15,11 @@ What holds, with :class:`EveryImageDataConfig` and an :class:`EpochClock`:
 
 * Every image once per epoch: the split (``streaming_split(equal=False)``) gives whole blocks
   to the worker with the fewest rows so far, so shares end at most ``rows_per_block`` images
-  apart, and :func:`samdetr.engine.train_one_epoch` absorbs the uneven batch counts.
+  apart, and :func:`samdetr.engine.loop.train_one_epoch` absorbs the uneven batch counts.
 * A new order every epoch: blocks of ``rows_per_block`` images go in a random order seeded by
   (seed, epoch) (Ray's ``randomize_block_order``), before the workers' local shuffle buffers.
   It is an all-to-all step: an epoch's encoded rows are all read before the first is decoded.
-* Augmentation of image ``i`` in epoch ``e`` is :func:`samdetr.loader.sample_seed`
+* Augmentation of image ``i`` in epoch ``e`` is :func:`samdetr.data.loader.sample_seed`
   ``(seed, e, i)``, the same draws as the plain PyTorch loader, whichever worker decodes it.
 * The order and the draws depend on (seed, epoch) alone: Ray plans each epoch when every rank
   has asked for it (after rank 0 set the clock) and the plan reads the clock once, so a run
@@ -57,9 +57,10 @@ from ray.train import DataConfig
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from samdetr.batching import pad_images
-from samdetr.loader import RowDecoder
-from samdetr.shards import read_manifest, resolve_fs
-from samdetr.transforms import (
+from samdetr.data.loader import RowDecoder
+from samdetr.data.shards import read_manifest
+from samdetr.data.storage import resolve_fs
+from samdetr.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Compose,
@@ -267,7 +268,7 @@ def training_dataset(
 
     For training the blocks go in a new random order every epoch. With ``epoch_clock`` (the
     name of an :class:`EpochClock`) that order and the augmentation of image ``i`` in epoch
-    ``e`` (:func:`samdetr.loader.sample_seed` ``(seed, e, i)``) depend on ``seed`` and ``e``
+    ``e`` (:func:`samdetr.data.loader.sample_seed` ``(seed, e, i)``) depend on ``seed`` and ``e``
     only; without one, both are drawn afresh each execution. Evaluation keeps the shards' order.
     """
     if rows_per_block is not None and (not isinstance(rows_per_block, int) or rows_per_block < 1):
@@ -300,7 +301,7 @@ class EveryImageDataConfig(DataConfig):
 
     Ray Train's own split (``streaming_split(equal=True)``) leaves out up to ``world_size - 1``
     rows per epoch so that every worker gets as many. This one splits with ``equal=False``;
-    the ranks' batch counts then differ slightly, and :func:`samdetr.engine.train_one_epoch`
+    the ranks' batch counts then differ slightly, and :func:`samdetr.engine.loop.train_one_epoch`
     keeps DDP in step by having a rank that has run out take zero-weight steps.
 
     It also sets ``preserve_order``: every operator then passes blocks on in the order it got
@@ -330,7 +331,7 @@ class PadCollate(NumpyBatchCollateFn):
     """Numpy batch -> ``(images (B, 3, H, W) normalised, mask (B, H, W), targets)``.
 
     Targets hold ``boxes`` (N, 4) normalised cxcywh of each image, ``labels``, ``image_id``,
-    ``orig_size`` and ``size`` (h, w), as :class:`samdetr.loader.RowDecoder` gives them.
+    ``orig_size`` and ``size`` (h, w), as :class:`samdetr.data.loader.RowDecoder` gives them.
     """
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):

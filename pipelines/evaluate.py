@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from pipelines.train_settings import CHECKPOINT_FILE
-from samdetr.coco_eval import METRIC_NAMES, evaluate_detections
-from samdetr.evaluation import eval_loader, ground_truth
-from samdetr.storage import is_uri
+from samdetr.data.storage import is_uri
+from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
+from samdetr.engine.evaluation import eval_loader, ground_truth
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def evaluate_checkpoint(
     are those of the per-epoch evaluation in training and the metrics match the reported ones.
     """
     from samdetr.checkpoint import load_checkpoint
-    from samdetr.engine import predict
+    from samdetr.engine.loop import predict
 
     with local_checkpoint(path) as local:
         model, _, extra = load_checkpoint(local)
@@ -112,7 +112,7 @@ def evaluate_mlflow_model(
     import numpy as np
     import pandas as pd
 
-    from samdetr.shards import iter_rows, read_manifest
+    from samdetr.data.shards import iter_rows, read_manifest
 
     model = mlflow.pyfunc.load_model(model_uri)
     batch_size = batch_size or 4

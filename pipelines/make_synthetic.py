@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from samdetr.synthetic import make_synthetic_coco
+from samdetr.data.synthetic import make_synthetic_coco
 
 _KEYS = (
     "out_dir", "num_images", "seed", "image_size", "classes", "max_objects", "object_size",

@@ -21,10 +21,10 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from samdetr.coco_rows import filesystem_reader, load_annotations, raise_on_rejects
-from samdetr.preprocessing import ShardTask, build_shard, combine, plan_tasks
-from samdetr.shards import MANIFEST_NAME, clear_manifest, resolve_fs, write_manifest
-from samdetr.storage import file_sizes
+from samdetr.data.coco_rows import filesystem_reader, load_annotations, raise_on_rejects
+from samdetr.data.shard_writer import ShardTask, build_shard, combine, plan_tasks
+from samdetr.data.shards import MANIFEST_NAME, clear_manifest, write_manifest
+from samdetr.data.storage import file_sizes, resolve_fs
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipelines.train_settings import flatten
-from samdetr.storage import resolve_fs
+from samdetr.data.storage import resolve_fs
 
 RECORD_FILE = "samdetr_run.json"
 

@@ -34,7 +34,7 @@ from pipelines.run_record import (
 )
 from pipelines.tracking import check_reachable, create_run, finish_run, reopen_run
 from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings, flatten
-from samdetr.evaluation import manifest_summary
+from samdetr.engine.evaluation import manifest_summary
 
 #: Run tag naming the checkpoint already logged as the run's MLflow model (no duplicate versions).
 LOGGED_TAG = "samdetr.logged_checkpoint"

@@ -25,12 +25,13 @@ from pipelines.data import EpochClock, PadCollate
 from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings
 from samdetr.builder import build_criterion, build_model
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
-from samdetr.coco_eval import METRIC_NAMES, evaluate_detections
-from samdetr.criterion import distributed_mean
-from samdetr.engine import predict, rng_state, seed_everything, train_one_epoch
-from samdetr.evaluation import eval_loader, ground_truth
-from samdetr.optim import build_optimizer, build_scheduler
-from samdetr.postprocess import PostProcess
+from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
+from samdetr.engine.evaluation import eval_loader, ground_truth
+from samdetr.engine.loop import predict, train_one_epoch
+from samdetr.engine.optim import build_optimizer, build_scheduler
+from samdetr.engine.reproducibility import rng_state, seed_everything
+from samdetr.model.criterion import distributed_mean
+from samdetr.model.postprocess import PostProcess
 
 
 class InjectedFailure(RuntimeError):
@@ -92,8 +93,8 @@ def _evaluate(model, loader, coco_gt, device, autocast_dtype) -> dict[str, float
 
 def _picture_images(settings: TrainSettings) -> list[Any]:
     """The first ``trainer.num_pictures`` validation images, decoded once for every epoch."""
-    from samdetr.decode import decode_image
-    from samdetr.shards import ShardDataset
+    from samdetr.data.images import decode_image
+    from samdetr.data.shards import ShardDataset
 
     rows = ShardDataset(settings.data.val_shards)
     count = min(settings.trainer.num_pictures, len(rows))

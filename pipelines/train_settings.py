@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from samdetr.config import DetectorConfig
-from samdetr.optim import OptimConfig
-from samdetr.storage import absolute, is_uri
+from samdetr.data.storage import absolute, is_uri
+from samdetr.engine.optim import OptimConfig
 
 #: File name of the samdetr checkpoint inside each Ray Train checkpoint folder.
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from samdetr.attention import (
+from samdetr.config import DetectorConfig, ModelConfig
+from samdetr.model.attention import (
     ConditionalCrossAttention,
     ConditionalSelfAttention,
     SalientPointCrossAttention,
 )
-from samdetr.backbone import build_resnet, load_backbone_weights
-from samdetr.config import DetectorConfig, ModelConfig
-from samdetr.criterion import SetCriterion
-from samdetr.decoder import BaselineDecoderLayer, SAMDecoderLayer, TransformerDecoder
-from samdetr.detector import SAMDETR
-from samdetr.encoder import TransformerEncoder, TransformerEncoderLayer
-from samdetr.matcher import HungarianMatcher
-from samdetr.mlp import MLP
-from samdetr.position_encoding import PositionEmbeddingSine
-from samdetr.semantic_aligner import SemanticAligner
-from samdetr.transformer import Transformer
+from samdetr.model.backbone import build_resnet, load_backbone_weights
+from samdetr.model.criterion import SetCriterion
+from samdetr.model.decoder import BaselineDecoderLayer, SAMDecoderLayer, TransformerDecoder
+from samdetr.model.detector import SAMDETR
+from samdetr.model.encoder import TransformerEncoder, TransformerEncoderLayer
+from samdetr.model.matcher import HungarianMatcher
+from samdetr.model.mlp import MLP
+from samdetr.model.position_encoding import PositionEmbeddingSine
+from samdetr.model.semantic_aligner import SemanticAligner
+from samdetr.model.transformer import Transformer
 
 
 def _model_config(config: DetectorConfig | ModelConfig) -> ModelConfig:

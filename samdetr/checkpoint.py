@@ -16,7 +16,7 @@ from torch import nn
 
 from samdetr.builder import build_model
 from samdetr.config import DetectorConfig
-from samdetr.detector import SAMDETR
+from samdetr.model.detector import SAMDETR
 
 FORMAT = "samdetr-checkpoint"
 VERSION = 1

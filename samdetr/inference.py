@@ -22,10 +22,10 @@ from torch import Tensor
 
 from samdetr.batching import pad_images
 from samdetr.checkpoint import load_checkpoint
-from samdetr.decode import decode_image, to_rgb
-from samdetr.detector import SAMDETR
-from samdetr.postprocess import PostProcess
-from samdetr.transforms import eval_transforms
+from samdetr.data.images import decode_image, to_rgb
+from samdetr.data.transforms import eval_transforms
+from samdetr.model.detector import SAMDETR
+from samdetr.model.postprocess import PostProcess
 
 __all__ = ["Predictor", "detections_table"]
 

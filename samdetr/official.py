@@ -20,7 +20,7 @@ from torch import Tensor
 
 from samdetr.builder import build_model
 from samdetr.config import BackboneConfig, DetectorConfig, ModelConfig
-from samdetr.detector import SAMDETR
+from samdetr.model.detector import SAMDETR
 
 # Official decoder-layer module names -> this project's names.
 _DECODER_LAYER_NAMES = {

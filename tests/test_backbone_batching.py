@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from tiny import tiny_config
 from torchvision.ops import FrozenBatchNorm2d
 
-from samdetr.backbone import build_resnet, load_backbone_weights
 from samdetr.batching import pad_images
 from samdetr.builder import build_model
 from samdetr.config import BackboneConfig
+from samdetr.model.backbone import build_resnet, load_backbone_weights
 
 # ---------------------------------------------------------------------------- pad_images
 

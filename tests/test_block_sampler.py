@@ -9,11 +9,13 @@ from coco_subset import write_coco_subset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samdetr.coco_rows import load_annotations, local_reader
-from samdetr.loader import BlockShuffleSampler, EpochSampler, RowDecoder, build_loader, set_epoch
-from samdetr.preprocessing import write_shard_set
-from samdetr.shards import ShardDataset, resolve_fs
-from samdetr.transforms import eval_transforms
+from samdetr.data.coco_rows import load_annotations, local_reader
+from samdetr.data.loader import RowDecoder, build_loader, set_epoch
+from samdetr.data.samplers import BlockShuffleSampler, EpochSampler
+from samdetr.data.shard_writer import write_shard_set
+from samdetr.data.shards import ShardDataset
+from samdetr.data.storage import resolve_fs
+from samdetr.data.transforms import eval_transforms
 
 
 def spans_of(lengths: list[int]) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from samdetr.coco_eval import (
+from samdetr.engine.coco_eval import (
     METRIC_NAMES,
     COCOEvaluator,
     coco_from_dict,

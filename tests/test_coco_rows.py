@@ -1,4 +1,4 @@
-"""COCO JSON -> validated rows (samdetr.coco_rows) on coco128-dev and hand-made bad inputs."""
+"""COCO JSON -> validated rows (samdetr.data.coco_rows) on coco128-dev and hand-made bad inputs."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from samdetr.coco_rows import (
-    ROW_SCHEMA,
+from samdetr.data.coco_rows import (
     encode_row,
     load_annotations,
     local_reader,
     merge_counters,
     reason_code,
-    rows_to_table,
 )
+from samdetr.data.row_schema import ROW_SCHEMA, rows_to_table
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +256,7 @@ def test_reader_errors_and_types(tmp_path: Path):
 def test_filesystem_reader_and_remote_style_paths(coco128_dir: Path, tmp_path: Path):
     import pyarrow.fs as pafs
 
-    from samdetr.coco_rows import filesystem_reader
+    from samdetr.data.coco_rows import filesystem_reader
 
     fs = pafs.SubTreeFileSystem(str(coco128_dir), pafs.LocalFileSystem())
     src = load_annotations("annotations.json", filesystem=fs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samdetr.criterion import SetCriterion, distributed_mean, num_boxes_for
-from samdetr.matcher import HungarianMatcher
+from samdetr.model.criterion import SetCriterion, distributed_mean, num_boxes_for
+from samdetr.model.matcher import HungarianMatcher
 
 NUM_CLASSES = 5
 

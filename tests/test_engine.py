@@ -11,8 +11,9 @@ import torch
 from tiny import tiny_config
 
 from samdetr.builder import build_criterion, build_model
-from samdetr.engine import predict, rng_state, seed_everything, set_rng_state, train_one_epoch
-from samdetr.optim import OptimConfig, build_optimizer, build_scheduler, parameter_groups
+from samdetr.engine.loop import predict, train_one_epoch
+from samdetr.engine.optim import OptimConfig, build_optimizer, build_scheduler, parameter_groups
+from samdetr.engine.reproducibility import rng_state, seed_everything, set_rng_state
 
 
 def _batches(count: int, seed: int = 0):
@@ -130,8 +131,8 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint():
 def test_eval_loader_processes_give_the_same_batches_and_stay_alive(tmp_path):
     """Validation images decoded by worker processes (the training default) come in the same
     batches as decoded in-process, and the processes live from one pass to the next."""
-    from samdetr.evaluation import eval_loader
-    from samdetr.synthetic import write_synthetic_shards
+    from samdetr.data.synthetic import write_synthetic_shards
+    from samdetr.engine.evaluation import eval_loader
 
     write_synthetic_shards(tmp_path / "data", tmp_path / "shards", 7, image_size=(48, 64),
                            max_objects=2)

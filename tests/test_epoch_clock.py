@@ -20,7 +20,7 @@ from pipelines.data import (  # noqa: E402
     _planned_epoch,
     training_dataset,
 )
-from samdetr.synthetic import write_synthetic_shards  # noqa: E402
+from samdetr.data.synthetic import write_synthetic_shards  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from tiny import tiny_config
 
 from samdetr.builder import build_model
 from samdetr.checkpoint import save_checkpoint
+from samdetr.data.transforms import eval_transforms
 from samdetr.inference import TABLE_COLUMNS, Predictor, detections_table
-from samdetr.postprocess import PostProcess
-from samdetr.transforms import eval_transforms
+from samdetr.model.postprocess import PostProcess
 
 SIZE, MAX_SIZE = 64, 96
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 3, "name": "c"}]

@@ -6,11 +6,13 @@ import pytest
 import torch
 from coco_subset import write_coco_subset
 
-from samdetr.coco_rows import load_annotations, local_reader
-from samdetr.loader import EpochSampler, RowDecoder, build_loader, collate, set_epoch
-from samdetr.preprocessing import write_shard_set
-from samdetr.shards import ShardDataset, resolve_fs
-from samdetr.transforms import eval_transforms, train_transforms
+from samdetr.data.coco_rows import load_annotations, local_reader
+from samdetr.data.loader import RowDecoder, build_loader, collate, set_epoch
+from samdetr.data.samplers import EpochSampler
+from samdetr.data.shard_writer import write_shard_set
+from samdetr.data.shards import ShardDataset
+from samdetr.data.storage import resolve_fs
+from samdetr.data.transforms import eval_transforms, train_transforms
 
 
 @pytest.fixture(scope="module")

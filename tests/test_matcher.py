@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samdetr.matcher import HungarianMatcher
+from samdetr.model.matcher import HungarianMatcher
 
 
 def random_case(seed: int, batch: int, num_queries: int, num_classes: int, num_targets: list[int]):

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from tiny import D
 from torch.testing import assert_close
 
-from samdetr.attention import smca_gaussian_bias
-from samdetr.position_encoding import PositionEmbeddingSine, sine_embed_points
-from samdetr.semantic_aligner import SemanticAligner
+from samdetr.model.attention import smca_gaussian_bias
+from samdetr.model.position_encoding import PositionEmbeddingSine, sine_embed_points
+from samdetr.model.semantic_aligner import SemanticAligner
 
 # ---------------------------------------------------------------------------- SemanticAligner
 

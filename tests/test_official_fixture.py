@@ -16,8 +16,8 @@ from torch.testing import assert_close
 
 from samdetr.batching import pad_images
 from samdetr.builder import build_criterion
+from samdetr.model.postprocess import PostProcess
 from samdetr.official import convert_state_dict, load_official
-from samdetr.postprocess import PostProcess
 
 VARIANTS = ["base", "smca"]
 # Gradients of tensors upstream of the encoder's self-attention are ill-conditioned for these

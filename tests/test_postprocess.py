@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samdetr.postprocess import PostProcess
+from samdetr.model.postprocess import PostProcess
 
 
 def handcrafted():

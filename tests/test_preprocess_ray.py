@@ -18,7 +18,7 @@ from pipelines.preprocess import (  # noqa: E402
     format_summary,
     run_preprocess,
 )
-from samdetr.shards import ShardDataset, read_manifest, verify_shards  # noqa: E402
+from samdetr.data.shards import ShardDataset, read_manifest, verify_shards  # noqa: E402
 
 
 @pytest.fixture(scope="module")

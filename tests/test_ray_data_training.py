@@ -24,10 +24,10 @@ from pipelines.data import (  # noqa: E402
     PadCollate,
     training_dataset,
 )
-from samdetr.loader import RowDecoder  # noqa: E402
-from samdetr.shards import ShardDataset  # noqa: E402
-from samdetr.synthetic import write_synthetic_shards  # noqa: E402
-from samdetr.transforms import train_transforms  # noqa: E402
+from samdetr.data.loader import RowDecoder  # noqa: E402
+from samdetr.data.shards import ShardDataset  # noqa: E402
+from samdetr.data.synthetic import write_synthetic_shards  # noqa: E402
+from samdetr.data.transforms import train_transforms  # noqa: E402
 
 SMALL = {"scales": [96, 128], "max_size": 200, "crop_sizes": [100], "crop_range": [64, 96]}
 NUM_IMAGES = 47  # odd: Ray Train's own split (equal=True) would leave one out each epoch

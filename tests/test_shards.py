@@ -1,4 +1,4 @@
-"""Parquet shards, manifest and ShardDataset (samdetr.shards) on coco128-dev."""
+"""Parquet shards, manifest and ShardDataset (samdetr.data.shards) on coco128-dev."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samdetr.coco_rows import ROW_SCHEMA, encode_row, load_annotations, local_reader, rows_to_table
-from samdetr.shards import (
+from samdetr.data.coco_rows import encode_row, load_annotations, local_reader
+from samdetr.data.row_schema import ROW_SCHEMA, rows_to_table
+from samdetr.data.shards import (
     MANIFEST_NAME,
     ShardDataset,
     clear_manifest,

@@ -1,4 +1,4 @@
-"""The synthetic COCO dataset generator (samdetr.synthetic)."""
+"""The synthetic COCO dataset generator (samdetr.data.synthetic)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from samdetr.synthetic import SHAPES, make_synthetic_coco
+from samdetr.data.synthetic import SHAPES, make_synthetic_coco
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +120,8 @@ def test_bad_arguments(tmp_path, kwargs, error):
 
 
 def test_synthetic_shards_round_trip(tmp_path):
-    from samdetr.shards import ShardDataset, verify_shards
-    from samdetr.synthetic import write_synthetic_shards
+    from samdetr.data.shards import ShardDataset, verify_shards
+    from samdetr.data.synthetic import write_synthetic_shards
 
     manifest = write_synthetic_shards(tmp_path / "data", tmp_path / "shards", 5, seed=3,
                                       split="val", max_objects=2)

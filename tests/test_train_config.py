@@ -123,7 +123,7 @@ def test_model_must_cover_the_data_categories(tmp_path):
 
 
 def _synthetic_shards(root: Path) -> str:
-    from samdetr.synthetic import write_synthetic_shards
+    from samdetr.data.synthetic import write_synthetic_shards
 
     write_synthetic_shards(root / "data", root / "shards", 4, image_size=(64, 96), max_objects=2)
     return str(root / "shards")

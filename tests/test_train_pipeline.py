@@ -101,10 +101,10 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
 
     # The registered MLflow model (the best checkpoint behind a pyfunc) scores like the
     # checkpoint run through samdetr's Predictor on the same images.
-    from samdetr.coco_eval import evaluate_detections
-    from samdetr.evaluation import ground_truth
+    from samdetr.data.shards import ShardDataset
+    from samdetr.engine.coco_eval import evaluate_detections
+    from samdetr.engine.evaluation import ground_truth
     from samdetr.inference import Predictor
-    from samdetr.shards import ShardDataset
 
     served = run_evaluate(EvaluateConfig(shards=ws["val"], model_uri="models:/tiny-detr@candidate"))
     predictor = Predictor.from_checkpoint(summary["best_checkpoint"])

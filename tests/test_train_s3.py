@@ -21,7 +21,7 @@ from pipelines.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
 from pipelines.run_record import RECORD_FILE  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
 from pipelines.train_settings import TrainSettings  # noqa: E402
-from samdetr.shards import ShardDataset  # noqa: E402
+from samdetr.data.shards import ShardDataset  # noqa: E402
 
 BUCKET = "samdetr-runs"
 

@@ -1,4 +1,4 @@
-"""Property tests of the DETR augmentation (samdetr.transforms) and of image decoding."""
+"""Property tests of the DETR augmentation (samdetr.data.transforms) and of image decoding."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from samdetr.decode import decode_image, decode_image_draft, to_rgb
-from samdetr.transforms import (
+from samdetr.data.images import decode_image, decode_image_draft, to_rgb
+from samdetr.data.transforms import (
     ClipBoxes,
     Compose,
     RandomHorizontalFlip,

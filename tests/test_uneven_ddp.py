@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 from tiny import tiny_config
 
 from samdetr.builder import build_criterion, build_model
-from samdetr.criterion import distributed_mean
-from samdetr.engine import train_one_epoch
+from samdetr.engine.loop import train_one_epoch
+from samdetr.model.criterion import distributed_mean
 
 
 def _batch(seed: int, size: int = 2):

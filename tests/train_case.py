@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from samdetr.synthetic import write_synthetic_shards
+from samdetr.data.synthetic import write_synthetic_shards
 
 TINY_MODEL = {
     "backbone": {"name": "resnet18"}, "hidden_dim": 32, "num_heads": 4,

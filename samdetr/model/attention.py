@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from samdetr.mlp import MLP
+from samdetr.model.mlp import MLP
 
 
 def attend(

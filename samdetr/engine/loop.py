@@ -1,26 +1,25 @@
 """One epoch of training and one pass of inference, independent of how batches are produced.
 
-Batches are ``(images (B, 3, H, W), mask (B, H, W), targets)`` as :func:`samdetr.loader.collate`
-and the Ray Data collate give them; targets hold normalised cxcywh ``boxes``, ``labels``,
-``image_id`` and ``orig_size`` (h, w). Distributed concerns enter as callables
-(``world_reduce``), so the same code runs in a plain loop, under DDP, and in Ray Train.
+Batches are ``(images (B, 3, H, W), mask (B, H, W), targets)`` as
+:func:`samdetr.data.loader.collate` and the Ray Data collate give them; targets hold normalised
+cxcywh ``boxes``, ``labels``, ``image_id`` and ``orig_size`` (h, w). Distributed concerns enter
+as callables (``world_reduce``), so the same code runs in a plain loop, under DDP, and in Ray
+Train. Seeding and RNG state are in :mod:`samdetr.engine.reproducibility`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from samdetr.criterion import SetCriterion, num_boxes_for
-from samdetr.postprocess import PostProcess
+from samdetr.model.criterion import SetCriterion, num_boxes_for
+from samdetr.model.postprocess import PostProcess
 
 Batch = tuple[Tensor, Tensor, list[dict[str, Tensor]]]
 #: Loss terms shown per step (last decoder layer) besides the weighted total ``loss``.
@@ -68,7 +67,7 @@ def train_one_epoch(
 
     Args:
         world_reduce: for data-parallel training, the mean of a tensor over all workers (e.g.
-            :func:`samdetr.criterion.distributed_mean`); ``None`` for one process. Every step,
+            :func:`samdetr.model.criterion.distributed_mean`); ``None`` for one process. Every step,
             one call averages the box-count normaliser and tells whether any worker still has
             a batch. Workers may hold different numbers of batches: one that has run out takes
             zero-weight steps on a stand-in batch until all have, so DDP's gradient all-reduce
@@ -149,7 +148,7 @@ def _agree(
     batch: Batch | None, device: torch.device, world_reduce: Callable[[Tensor], Tensor]
 ) -> tuple[Tensor, bool]:
     """One collective per step: the mean box count (clamped to >= 1, see
-    :func:`samdetr.criterion.num_boxes_for`) and whether any worker still has a batch."""
+    :func:`samdetr.model.criterion.num_boxes_for`) and whether any worker still has a batch."""
     count = sum(int(t["labels"].shape[0]) for t in batch[2]) if batch is not None else 0
     local = torch.tensor([float(count), float(batch is not None)], device=device)
     reduced = world_reduce(local)
@@ -189,7 +188,7 @@ def predict(
     autocast_dtype: torch.dtype | None = None,
 ) -> list[dict[str, Any]]:
     """Detections for every image in ``batches``, in the format of
-    :func:`samdetr.coco_eval.evaluate_detections`: ``image_id``, ``scores`` (k,), ``labels``
+    :func:`samdetr.engine.coco_eval.evaluate_detections`: ``image_id``, ``scores`` (k,), ``labels``
     (k,), ``boxes`` (k, 4) absolute xyxy pixels of the original image — as numpy arrays, so the
     list pickles cheaply between workers."""
     postprocess = postprocess or PostProcess()
@@ -211,38 +210,3 @@ def predict(
                 }
             )
     return detections
-
-
-# ----------------------------------------------------------------------------- reproducibility
-def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's (all devices) global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """The global RNG states as weights-only-loadable values (tensors, ints, lists)."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned (CUDA states only if this process has CUDA)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)

@@ -1,6 +1,6 @@
 """The Arrow schema of a shard row and building tables of exactly that schema.
 
-See :mod:`samdetr.coco_rows` for what each column holds; only plain Arrow types are used so any
+See :mod:`samdetr.data.coco_rows` for what each column holds; only plain Arrow types are used so any
 Arrow / Parquet tool reads the shards.
 """
 

@@ -1,4 +1,4 @@
-"""Parquet shards of :data:`samdetr.coco_rows.ROW_SCHEMA` rows, their manifest, and a Dataset.
+"""Parquet shards of :data:`samdetr.data.row_schema.ROW_SCHEMA` rows, their manifest, and a Dataset.
 
 A shard set is a folder (local path or URI such as ``s3://bucket/coco/train``) holding
 ``<split>-00000-of-00042.parquet`` ... and ``manifest.json``. The manifest is written LAST
@@ -9,7 +9,7 @@ removes it before shards are rewritten. Manifest keys (``schema_version`` 1)::
     num_rows, num_boxes, num_classes (K = max category id + 1),
     categories [{id, name, supercategory}], columns (ROW_SCHEMA column names),
     shards [{file, rows, boxes, bytes, sha256}],  # file relative to the folder
-    source_sha256, config (plain dict), rejects [reject dicts, see samdetr.coco_rows],
+    source_sha256, config (plain dict), rejects [reject dicts, see samdetr.data.coco_rows],
     counters {name: int}
 
 Parquet layout: zstd for the small columns, NO compression (and no dictionary / statistics)
@@ -34,8 +34,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
-from samdetr.coco_rows import ROW_COLUMNS, ROW_SCHEMA
-from samdetr.storage import is_local, resolve_fs
+from samdetr.data.row_schema import ROW_COLUMNS, ROW_SCHEMA
+from samdetr.data.storage import is_local, resolve_fs
 
 __all__ = [
     "MANIFEST_NAME",
@@ -45,7 +45,6 @@ __all__ = [
     "iter_rows",
     "plan_shards",
     "read_manifest",
-    "resolve_fs",
     "shard_file_name",
     "verify_shards",
     "write_manifest",
@@ -340,7 +339,7 @@ class ShardDataset(Dataset):
     ``ds[i]`` is the row dict (Python types, see :func:`iter_rows`), or ``transform(row)``
     when a transform is given (e.g. decoding + augmentation returning ``(image, target)``).
     Row groups are read lazily and the last ``cache_row_groups`` are kept per process; a
-    sampler that visits them in blocks (:class:`samdetr.loader.BlockShuffleSampler` over
+    sampler that visits them in blocks (:class:`samdetr.data.samplers.BlockShuffleSampler` over
     :attr:`row_group_spans`) reads each row group once per epoch. Picklable for workers.
     """
 

@@ -1,6 +1,6 @@
-"""`make demo`: build a small SAM-DETR, fit it to one real COCO photo, print and draw detections.
+"""The library alone: build a small SAM-DETR, fit it to one COCO photo, print and draw detections.
 
-    python -m samdetr.demo [--data DIR] [--steps 80] [--out outputs/demo]
+    python examples/fit_one_photo.py [--data DIR] [--steps 150] [--out outputs/fit_one_photo]
 
 ``--data`` is a COCO-format folder (``annotations.json`` + ``images/``), by default the
 ``coco128-dev`` set beside the repository; without one, a generated image is used. The model is
@@ -20,10 +20,15 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw
 from torchvision.ops import box_convert, box_iou
 
-from samdetr.builder import build_criterion, build_model
-from samdetr.config import BackboneConfig, DetectorConfig, ModelConfig
-from samdetr.postprocess import PostProcess
-from samdetr.visualize import draw_detections
+from samdetr import (
+    BackboneConfig,
+    DetectorConfig,
+    ModelConfig,
+    PostProcess,
+    build_criterion,
+    build_model,
+    draw_detections,
+)
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/coco128-dev"))
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--size", type=int, default=320, help="shortest image side")
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/fit_one_photo"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 

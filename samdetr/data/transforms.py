@@ -77,7 +77,7 @@ def as_uint8_tensor(image: ImageLike) -> Tensor:
         if image.mode != "RGB":
             raise ValueError(
                 f"expected an RGB PIL image, got mode {image.mode!r}; decode with "
-                "samdetr.decode.decode_image or call image.convert('RGB') first"
+                "samdetr.data.images.decode_image or call image.convert('RGB') first"
             )
         return F.pil_to_tensor(image)
     if isinstance(image, Tensor):

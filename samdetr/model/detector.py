@@ -8,10 +8,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from samdetr.backbone import Backbone
 from samdetr.batching import pad_images
-from samdetr.position_encoding import PositionEmbeddingSine
-from samdetr.transformer import Transformer
+from samdetr.model.backbone import Backbone
+from samdetr.model.position_encoding import PositionEmbeddingSine
+from samdetr.model.transformer import Transformer
 
 
 class SAMDETR(nn.Module):

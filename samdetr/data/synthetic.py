@@ -228,9 +228,9 @@ def write_synthetic_shards(
     """A synthetic data set (:func:`make_synthetic_coco` into ``data_dir``, ``options`` passed
     on) written as a shard set into ``shard_dir`` in this process, without Ray; returns the
     manifest. For tests and benchmarks; ``pipelines.preprocess`` is the parallel route."""
-    from samdetr.coco_rows import load_annotations, local_reader
-    from samdetr.preprocessing import write_shard_set
-    from samdetr.shards import resolve_fs
+    from samdetr.data.coco_rows import load_annotations, local_reader
+    from samdetr.data.shard_writer import write_shard_set
+    from samdetr.data.storage import resolve_fs
 
     data_dir = Path(data_dir)
     make_synthetic_coco(data_dir, num_images, seed=seed, **options)

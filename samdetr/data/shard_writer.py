@@ -14,8 +14,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from samdetr.coco_rows import CocoSource, encode_row, merge_counters, rows_to_table
-from samdetr.shards import plan_shards, shard_file_name, write_manifest, write_shard
+from samdetr.data.coco_rows import CocoSource, encode_row, merge_counters
+from samdetr.data.row_schema import rows_to_table
+from samdetr.data.shards import plan_shards, shard_file_name, write_manifest, write_shard
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import pyarrow.fs as pafs
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 
-from samdetr.coco_eval import coco_from_dict
-from samdetr.loader import RowDecoder, collate
-from samdetr.shards import ShardDataset, iter_rows, read_manifest
-from samdetr.transforms import eval_transforms
+from samdetr.data.loader import RowDecoder, collate
+from samdetr.data.shards import ShardDataset, iter_rows, read_manifest
+from samdetr.data.transforms import eval_transforms
+from samdetr.engine.coco_eval import coco_from_dict
 
 _GT_COLUMNS = ["image_id", "file_name", "width", "height", "boxes", "category_ids", "iscrowd",
                "area"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, roi_align
 
-from samdetr.position_encoding import sine_embed_points
+from samdetr.model.position_encoding import sine_embed_points
 
 
 class SemanticAligner(nn.Module):

@@ -45,13 +45,11 @@ import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
-from samdetr.row_schema import ROW_COLUMNS, ROW_SCHEMA, rows_to_table
-from samdetr.storage import resolve_fs
+from samdetr.data.storage import resolve_fs
 
 __all__ = [
-    "ROW_SCHEMA", "ROW_COLUMNS", "COUNTER_KEYS", "CocoSource", "load_annotations", "encode_row",
-    "rows_to_table", "local_reader", "filesystem_reader", "reason_code", "merge_counters",
-    "raise_on_rejects",
+    "COUNTER_KEYS", "CocoSource", "load_annotations", "encode_row", "local_reader",
+    "filesystem_reader", "reason_code", "merge_counters", "raise_on_rejects",
 ]  # fmt: skip
 
 _EXIF_ORIENTATION = 0x0112

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from samdetr.decoder import TransformerDecoder
-from samdetr.encoder import TransformerEncoder
+from samdetr.model.decoder import TransformerDecoder
+from samdetr.model.encoder import TransformerEncoder
 
 
 class Transformer(nn.Module):

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from samdetr.attention import (
+from samdetr.model.attention import (
     ConditionalCrossAttention,
     ConditionalSelfAttention,
     SalientPointCrossAttention,
     smca_gaussian_bias,
 )
-from samdetr.position_encoding import sine_embed_points
-from samdetr.semantic_aligner import SemanticAligner
+from samdetr.model.position_encoding import sine_embed_points
+from samdetr.model.semantic_aligner import SemanticAligner
 
 
 class _DecoderLayer(nn.Module):
