@@ -21,10 +21,11 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from samdetr.config import known_fields
 from samdetr.data.coco_rows import filesystem_reader, load_annotations, raise_on_rejects
 from samdetr.data.shard_writer import ShardTask, build_shard, combine, plan_tasks
 from samdetr.data.shards import MANIFEST_NAME, clear_manifest, write_manifest
-from samdetr.data.storage import file_sizes, resolve_fs
+from samdetr.data.storage import file_sizes, is_uri, resolve_fs
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown preprocess settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return cls(**known_fields(cls, data, "preprocess"))
 
 
 def _encode_task(
@@ -157,8 +154,8 @@ def run_preprocess(
     sizes = file_sizes(fs_img, image_dir, [info["file_name"] for info in source.images])
     tasks = plan_tasks(source, sizes.__getitem__, config.split, int(config.shard_size_mb * 2**20))
     fs_out.create_dir(out_dir, recursive=True)
-    images_uri = config.images if "://" in config.images else image_dir
-    output_uri = config.output if "://" in config.output else out_dir
+    images_uri = config.images if is_uri(config.images) else image_dir
+    output_uri = config.output if is_uri(config.output) else out_dir
 
     if not ray.is_initialized():
         ray.init(address=config.ray_address, log_to_driver=False)

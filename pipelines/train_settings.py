@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from samdetr.config import DetectorConfig
+from samdetr.config import DetectorConfig, known_fields
 from samdetr.data.storage import absolute, is_uri
 from samdetr.engine.optim import OptimConfig
 
@@ -22,16 +22,6 @@ from samdetr.engine.optim import OptimConfig
 CHECKPOINT_FILE = "checkpoint.pt"
 #: Keys of a ``data`` config group (conf/data/*.yaml) that only preprocessing reads.
 SOURCE_KEYS = ("annotations", "images", "root")
-
-
-def _fields_of(cls: type, data: Any, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    return dict(data)
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
@@ -220,17 +210,17 @@ class TrainSettings:
     def from_dict(cls, data: dict[str, Any]) -> TrainSettings:
         """From Hydra's resolved dict: ``model``, ``loss``, ``optim``, ``data``, ``trainer``,
         ``tracking`` nodes (``loss`` optional; the data group's :data:`SOURCE_KEYS` ignored)."""
-        data = _fields_of(_Raw, data, "train settings")
+        data = known_fields(_Raw, data, "train settings")
         detector = DetectorConfig.from_dict(
             {"model": data["model"], "loss": data.get("loss") or {}}
         )
         return cls(
             detector=detector,
             optim=OptimConfig.from_dict(data.get("optim") or {}),
-            data=DataSettings(**_fields_of(DataSettings, _without_source(data["data"]), "data")),
-            trainer=TrainerSettings(**_fields_of(TrainerSettings, data["trainer"], "trainer")),
+            data=DataSettings(**known_fields(DataSettings, _without_source(data["data"]), "data")),
+            trainer=TrainerSettings(**known_fields(TrainerSettings, data["trainer"], "trainer")),
             tracking=TrackingSettings(
-                **_fields_of(TrackingSettings, data.get("tracking") or {}, "tracking")
+                **known_fields(TrackingSettings, data.get("tracking") or {}, "tracking")
             ),
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,24 +30,34 @@ def _check_bools(obj: Any, prefix: str, names: tuple[str, ...]) -> None:
         _check(isinstance(value, bool), f"{prefix}.{name} must be true or false, got {value!r}")
 
 
+def known_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
+    """``data`` as keyword arguments of dataclass ``cls``, checked once for every config.
+
+    Raises ``TypeError`` when ``data`` is not a mapping and ``ValueError`` naming the unknown
+    keys (a typo in YAML or on the command line) together with the known ones.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(
+            f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}"
+        )
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(known)}"
+        )
+    return dict(data)
+
+
 def _from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields."""
     if isinstance(data, cls):
         return data
-    if not isinstance(data, dict):
-        raise TypeError(
-            f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}"
-        )
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(fields)}"
-        )
-    kwargs = {}
-    for name, value in data.items():
+    kwargs = known_fields(cls, data, where)
+    for name, value in kwargs.items():
         sub = _NESTED.get((cls.__name__, name))
-        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub else value
+        if sub:
+            kwargs[name] = _from_dict(sub, value, f"{where}.{name}")
     return cls(**kwargs)
 
 

@@ -17,7 +17,7 @@ HEAVY = {"ray", "mlflow", "hydra", "omegaconf"}
 ALLOWED = {
     "samdetr.model": {"samdetr.batching"},
     "samdetr.data": {"samdetr.batching"},
-    "samdetr.engine": {"samdetr.batching", "samdetr.model", "samdetr.data"},
+    "samdetr.engine": {"samdetr.batching", "samdetr.config", "samdetr.model", "samdetr.data"},
 }
 
 

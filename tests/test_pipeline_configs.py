@@ -51,5 +51,5 @@ def test_make_synthetic_entry(tmp_path):
     settings.pop("hydra", None)
     summary = make_synthetic.run(settings)
     assert summary["num_images"] == 5 and (tmp_path / "annotations.json").is_file()
-    with pytest.raises(ValueError, match="unknown make_synthetic settings"):
+    with pytest.raises(ValueError, match="make_synthetic: unknown field"):
         make_synthetic.run({"out_dir": str(tmp_path), "num_images": 1, "colour": "red"})

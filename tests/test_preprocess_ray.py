@@ -107,7 +107,7 @@ def test_strict_mode_fails_clearly_and_leaves_no_shard_set(local_ray, damaged_co
 def test_config_validation():
     with pytest.raises(ValueError, match="shard_size_mb"):
         PreprocessConfig(annotations="a.json", images="img", output="out", shard_size_mb=0)
-    with pytest.raises(ValueError, match="unknown preprocess settings"):
+    with pytest.raises(ValueError, match="preprocess: unknown field"):
         PreprocessConfig.from_dict({"annotations": "a", "images": "b", "output": "c", "x": 1})
 
 

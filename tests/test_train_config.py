@@ -73,7 +73,7 @@ def test_default_config_is_the_local_cpu_run(monkeypatch):
         ("trainer.bf16=true", "bf16 needs use_gpu"),
         ("trainer.run_name='a b'", "run_name"),
         ("trainer.num_workers=0", "num_workers"),
-        ("+trainer.gpus=1", "unknown setting"),
+        ("+trainer.gpus=1", "unknown field"),
         ("data.batch_size=0", "batch_size"),
         ("+data.train_transform.flip=0.3", "train_transform"),
         ("optim.lr_drop_epochs=[5,3]", "increasing"),

@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
-from samdetr.data.storage import resolve_fs
+from samdetr.data.storage import is_uri, resolve_fs
 
 __all__ = [
     "COUNTER_KEYS", "CocoSource", "load_annotations", "encode_row", "local_reader",
@@ -108,7 +108,7 @@ def load_annotations(
     category ids, non-integer ids, no categories) raise ValueError.
     """
     path = os.fspath(path)
-    if filesystem is None and "://" in path:
+    if filesystem is None and is_uri(path):
         filesystem, path = resolve_fs(path)
     if filesystem is None:
         with open(path, "rb") as f:

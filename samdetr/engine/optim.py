@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from samdetr.config import known_fields
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -61,13 +63,7 @@ class OptimConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OptimConfig:
-        if not isinstance(data, dict):
-            raise TypeError(f"optim: expected a mapping, got {type(data).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"optim: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return cls(**known_fields(cls, data, "optim"))
 
 
 def parameter_groups(model: nn.Module, lr: float, lr_backbone: float) -> list[dict[str, Any]]:
