@@ -47,7 +47,7 @@ from samdetr.data.loader import RowDecoder, build_loader, set_epoch
 from samdetr.data.samplers import EpochSampler
 from samdetr.data.shards import ShardDataset, read_manifest
 from samdetr.data.transforms import train_transforms
-from samdetr.engine.loop import autocast_context, predict, train_one_epoch
+from samdetr.engine.loop import StepOptions, autocast_context, predict, train_one_epoch
 from samdetr.engine.optim import OptimConfig, build_optimizer
 from samdetr.engine.reproducibility import seed_everything
 from samdetr.model.postprocess import PostProcess
@@ -118,7 +118,7 @@ def train_bf16(args, cfg, device) -> dict:
     for epoch in range(cfg["epochs"]):
         set_epoch(loader, epoch)
         stats = train_one_epoch(model, criterion, optimizer, islice(loader, cfg["max_steps"]),
-                                device, autocast_dtype=torch.bfloat16, log_every=10**6)
+                                device, StepOptions(autocast_dtype=torch.bfloat16, log_every=10**6))
         epochs.append({"loss": round(stats["loss"], 4), "seconds": round(stats["seconds"], 2),
                        "images_per_s": round(stats["images"] / stats["seconds"], 1)})
         say(f"  epoch {epoch + 1}: {epochs[-1]}")
@@ -250,9 +250,10 @@ def ddp_nccl(args, cfg, device) -> dict:
         ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         batches = list(islice(loader, cfg["ddp_steps"]))
         stats = train_one_epoch(ddp, criterion, optimizer, batches, device,
-                                autocast_dtype=torch.bfloat16, world_reduce=distributed_mean)
+                                StepOptions(autocast_dtype=torch.bfloat16,
+                                            world_reduce=distributed_mean))
         alone = train_one_epoch(plain, criterion, plain_optimizer, batches, device,
-                                autocast_dtype=torch.bfloat16)
+                                StepOptions(autocast_dtype=torch.bfloat16))
         with torch.no_grad():
             param_diff = max(float((p - q).abs().max())
                              for p, q in zip(model.parameters(), plain.parameters(), strict=True))

@@ -33,7 +33,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from samdetr.data.coco_rows import load_annotations, local_reader
+from samdetr.data.coco_rows import local_reader
+from samdetr.data.coco_source import load_annotations
 from samdetr.data.loader import RowDecoder
 from samdetr.data.samplers import BlockShuffleSampler, EpochSampler
 from samdetr.data.shard_writer import write_shard_set

@@ -23,6 +23,7 @@ def _settings(out: Path, epochs: int, workers: int):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from pipelines.config_defaults import register_defaults, settings_dict
     from pipelines.train_settings import TrainSettings
 
     overrides = [
@@ -38,10 +39,10 @@ def _settings(out: Path, epochs: int, workers: int):
         "tracking.registered_model=sam-detr-demo",
         "tracking.alias=candidate",
     ]
+    register_defaults()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    return TrainSettings.from_dict(plain), OmegaConf.to_yaml(cfg, resolve=True)
+    return TrainSettings.from_dict(settings_dict(cfg)), OmegaConf.to_yaml(cfg, resolve=True)
 
 
 def main(argv: list[str] | None = None) -> None:

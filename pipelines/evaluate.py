@@ -174,11 +174,13 @@ def format_metrics(result: dict[str, Any]) -> str:
 
 def main() -> None:
     import hydra
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
+
+    from pipelines.config_defaults import settings_dict
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
     def _run(cfg: DictConfig) -> None:
-        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        plain = settings_dict(cfg)  # without output_root
         print(format_metrics(run_evaluate(EvaluateConfig(**plain))))
 
     _run()

@@ -42,11 +42,13 @@ def run(settings: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     import hydra
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
+
+    from pipelines.config_defaults import settings_dict
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="make_synthetic")
     def _run(cfg: DictConfig) -> None:
-        summary = run(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+        summary = run(settings_dict(cfg))  # without output_root
         print(
             f"wrote {summary['num_images']} images, {summary['num_annotations']} boxes, "
             f"K = {summary['num_classes']} to {summary['annotation_file']}"

@@ -11,20 +11,22 @@ part-way leaves a folder without one, which readers refuse as incomplete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from samdetr.config import known_fields
-from samdetr.data.coco_rows import filesystem_reader, load_annotations, raise_on_rejects
+from samdetr.data.coco_rows import filesystem_reader, raise_on_rejects
+from samdetr.data.coco_source import CocoSource, load_annotations
 from samdetr.data.shard_writer import ShardTask, build_shard, combine, plan_tasks
-from samdetr.data.shards import MANIFEST_NAME, clear_manifest, write_manifest
+from samdetr.data.shards import MANIFEST_NAME, ManifestContents, clear_manifest, write_manifest
 from samdetr.data.storage import file_sizes, is_uri, resolve_fs
 
 
@@ -126,6 +128,24 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+@dataclass(frozen=True)
+class PreprocessPlan:
+    """What the steps of one run share: the output, the parsed annotations and the shards.
+
+    ``fs_out``/``out_dir``: the output folder on its filesystem; ``images_uri``/``output_uri``:
+    the image and output folders as workers resolve them (URIs stay URIs); ``tasks``: one per
+    shard, in shard order.
+    """
+
+    config: PreprocessConfig
+    source: CocoSource
+    tasks: list[ShardTask]
+    fs_out: pafs.FileSystem
+    out_dir: str
+    images_uri: str
+    output_uri: str
+
+
 def run_preprocess(
     config: PreprocessConfig, progress: Callable[[str], None] | None = None,
     progress_every_s: float = 10.0,
@@ -134,9 +154,19 @@ def run_preprocess(
 
     ``progress`` (e.g. ``print``) receives a start line and :class:`ShardProgress` lines.
     """
-    import ray  # heavy; imported only when a run starts
+    import ray  # heavy; imported only when a run starts, before the output is touched
 
     start = time.perf_counter()
+    plan = plan_preprocess(config)
+    if not ray.is_initialized():
+        ray.init(address=config.ray_address, log_to_driver=False)
+    results = encode_shards(plan, progress, progress_every_s)
+    return write_preprocess_manifest(plan, results, start)
+
+
+def _prepare_output(config: PreprocessConfig) -> tuple[pafs.FileSystem, str]:
+    """The output folder on its filesystem. An existing shard set is refused, or with
+    ``overwrite`` loses its manifest at once, so the folder no longer looks complete."""
     fs_out, out_dir = resolve_fs(config.output, None)
     manifest_path = f"{out_dir.rstrip('/')}/{MANIFEST_NAME}"
     if fs_out.get_file_info(manifest_path).type != pafs.FileType.NotFound:
@@ -145,7 +175,16 @@ def run_preprocess(
                 f"{config.output} already holds a shard set (manifest.json); "
                 "pass overwrite=true to replace it"
             )
-        clear_manifest(out_dir, fs_out)  # from here on the folder no longer looks complete
+        clear_manifest(out_dir, fs_out)
+    return fs_out, out_dir
+
+
+def plan_preprocess(config: PreprocessConfig) -> PreprocessPlan:
+    """Prepare the output, read the annotations and plan the shards from the image sizes.
+
+    ValueError in strict mode when the annotations already hold rejects.
+    """
+    fs_out, out_dir = _prepare_output(config)
     fs_ann, ann_path = resolve_fs(config.annotations, None)
     source = load_annotations(ann_path, fs_ann)
     if config.strict:
@@ -154,66 +193,114 @@ def run_preprocess(
     sizes = file_sizes(fs_img, image_dir, [info["file_name"] for info in source.images])
     tasks = plan_tasks(source, sizes.__getitem__, config.split, int(config.shard_size_mb * 2**20))
     fs_out.create_dir(out_dir, recursive=True)
-    images_uri = config.images if is_uri(config.images) else image_dir
-    output_uri = config.output if is_uri(config.output) else out_dir
+    return PreprocessPlan(
+        config=config,
+        source=source,
+        tasks=tasks,
+        fs_out=fs_out,
+        out_dir=out_dir,
+        images_uri=config.images if is_uri(config.images) else image_dir,
+        output_uri=config.output if is_uri(config.output) else out_dir,
+    )
 
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address, log_to_driver=False)
-    payloads = [{"task": json.dumps(dataclasses.asdict(t))} for t in tasks]
+
+def encode_shards(
+    plan: PreprocessPlan, progress: Callable[[str], None] | None = None,
+    progress_every_s: float = 10.0,
+) -> list[dict[str, Any]]:
+    """Run :func:`_encode_task` for every shard on Ray (already initialised); returns the
+    :func:`build_shard` results in the order the shards finished."""
+    import ray
+
+    if not plan.tasks:
+        return []
+    workers = max(1, min(len(plan.tasks), int(ray.cluster_resources().get("CPU", 1))))
+    tracker = ShardProgress({t.index: len(t.items) for t in plan.tasks},
+                            progress or (lambda _: None), progress_every_s)
+    if progress is not None:
+        progress(f"[preprocess] {tracker.total} images -> {len(plan.tasks)} shards in "
+                 f"{plan.config.output}, {workers} tasks at a time")
     results = []
-    if payloads:
-        workers = max(1, min(len(payloads), int(ray.cluster_resources().get("CPU", 1))))
-        tracker = ShardProgress({t.index: len(t.items) for t in tasks},
-                                progress or (lambda _: None), progress_every_s)
-        if progress is not None:
-            progress(f"[preprocess] {tracker.total} images -> {len(tasks)} shards in "
-                     f"{config.output}, {workers} tasks at a time")
-        # A one-operator pipeline: Ray Data's default reservation of resources for downstream
-        # operators only throttles it (2 CPUs: 1.2 tasks at a time on average instead of 1.7).
-        context = ray.data.DataContext.get_current()
-        reserved = context.op_resource_reservation_enabled
-        context.op_resource_reservation_enabled = False
-        try:
-            dataset = ray.data.from_items(payloads, override_num_blocks=len(payloads))
-            encoded = dataset.map_batches(
-                _encode_task,
-                batch_size=1,
-                # With Ray Data's default budget, 8 one-second tasks on 2 local CPUs took 7.3 s;
-                # one task per cluster CPU took 5.4 s.
-                compute=ray.data.TaskPoolStrategy(size=workers),
-                batch_format="numpy",
-                fn_kwargs=dict(
-                    images_uri=images_uri,
-                    output_uri=output_uri,
-                    categories=sorted(source.category_ids),
-                    prefer_exif=config.prefer_exif,
-                ),
-            )
-            for row in encoded.iter_rows():  # as shards finish, in any order
-                results.append(json.loads(row["result"]))
-                tracker.shard_done(results[-1]["index"])
-        finally:
-            context.op_resource_reservation_enabled = reserved
-    shards, rejects, counters = combine(results, source.rejects)
+    with _without_resource_reservation():
+        for row in _shard_dataset(plan, workers).iter_rows():  # as shards finish, in any order
+            results.append(json.loads(row["result"]))
+            tracker.shard_done(results[-1]["index"])
+    return results
+
+
+@contextlib.contextmanager
+def _without_resource_reservation() -> Iterator[None]:
+    """A one-operator pipeline: Ray Data's default reservation of resources for downstream
+    operators only throttles it (2 CPUs: 1.2 tasks at a time on average instead of 1.7)."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    reserved = context.op_resource_reservation_enabled
+    context.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        context.op_resource_reservation_enabled = reserved
+
+
+def _shard_dataset(plan: PreprocessPlan, workers: int) -> Any:
+    """The Ray Dataset of shard results: one block, and one map task, per shard."""
+    import ray
+
+    payloads = [{"task": json.dumps(dataclasses.asdict(t))} for t in plan.tasks]
+    dataset = ray.data.from_items(payloads, override_num_blocks=len(payloads))
+    return dataset.map_batches(
+        _encode_task,
+        batch_size=1,
+        # With Ray Data's default budget, 8 one-second tasks on 2 local CPUs took 7.3 s;
+        # one task per cluster CPU took 5.4 s.
+        compute=ray.data.TaskPoolStrategy(size=workers),
+        batch_format="numpy",
+        fn_kwargs=dict(
+            images_uri=plan.images_uri,
+            output_uri=plan.output_uri,
+            categories=sorted(plan.source.category_ids),
+            prefer_exif=plan.config.prefer_exif,
+        ),
+    )
+
+
+def write_preprocess_manifest(
+    plan: PreprocessPlan, results: list[dict[str, Any]], start: float
+) -> dict[str, Any]:
+    """Merge the shard results and write the manifest; returns it with ``root`` (the output as
+    given) and ``summary`` (``start``: the run's ``time.perf_counter()`` at its beginning).
+
+    In strict mode any reject removes the written shards and raises ValueError instead.
+    """
+    config = plan.config
+    shards, rejects, counters = combine(results, plan.source.rejects)
     if config.strict and rejects:
         for shard in shards:  # the run failed: leave no orphan shards behind
-            fs_out.delete_file(f"{out_dir.rstrip('/')}/{shard['file']}")
+            plan.fs_out.delete_file(f"{plan.out_dir.rstrip('/')}/{shard['file']}")
         raise_on_rejects(rejects, context=config.images)
-    manifest = write_manifest(
-        out_dir,
-        fs=fs_out,
+    contents = ManifestContents(
         split=config.split,
         shards=shards,
-        categories=source.categories,
-        num_classes=source.num_classes,
-        source_sha256=source.source_sha256,
+        categories=plan.source.categories,
+        num_classes=plan.source.num_classes,
+        source_sha256=plan.source.source_sha256,
         config=dataclasses.asdict(config),
         rejects=rejects,
         counters=counters,
     )
-    manifest["root"] = output_uri  # the URI (s3://...), not the path on its filesystem
-    seconds = time.perf_counter() - start
-    manifest["summary"] = {
+    manifest = write_manifest(plan.out_dir, contents, plan.fs_out)
+    manifest["root"] = plan.output_uri  # the URI (s3://...), not the path on its filesystem
+    manifest["summary"] = _summary(shards, rejects, counters, time.perf_counter() - start)
+    return manifest
+
+
+def _summary(
+    shards: list[dict[str, Any]], rejects: list[dict[str, Any]], counters: dict[str, int],
+    seconds: float,
+) -> dict[str, Any]:
+    """The run's totals for :func:`format_summary`."""
+    return {
         "images": counters.get("images", 0),
         "images_kept": counters.get("images_kept", 0),
         "images_rejected": counters.get("images_rejected", 0),
@@ -224,7 +311,6 @@ def run_preprocess(
         "megabytes": round(sum(s["bytes"] for s in shards) / 2**20, 2),
         "seconds": round(seconds, 2),
     }
-    return manifest
 
 
 def format_summary(manifest: dict[str, Any]) -> str:
@@ -250,11 +336,13 @@ def format_summary(manifest: dict[str, Any]) -> str:
 
 def main() -> None:
     import hydra
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
+
+    from pipelines.config_defaults import settings_dict
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="preprocess")
     def _run(cfg: DictConfig) -> None:
-        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        plain = settings_dict(cfg)  # without output_root
         data = plain.pop("data")
         plain["annotations"], plain["images"] = data["annotations"], data["images"]
         manifest = run_preprocess(PreprocessConfig.from_dict(plain), progress=print)

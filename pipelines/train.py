@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from pipelines.cluster import check_cluster
+from pipelines.registry import log_best_model
 from pipelines.run_record import (
     RunRecord,
     config_differences,
@@ -34,10 +33,8 @@ from pipelines.run_record import (
 )
 from pipelines.tracking import check_reachable, create_run, finish_run, reopen_run
 from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings, flatten
+from pipelines.trainer import TrainJob, build_trainer
 from samdetr.engine.evaluation import manifest_summary
-
-#: Run tag naming the checkpoint already logged as the run's MLflow model (no duplicate versions).
-LOGGED_TAG = "samdetr.logged_checkpoint"
 
 
 def _check_data(settings: TrainSettings) -> dict[str, Any]:
@@ -83,8 +80,8 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
             _quietly(warnings, "mark the MLflow run FAILED", finish_run, uri, run_id, False)
         raise
     if run_id is not None:
-        logged = _quietly(warnings, "log the model", _log_final_model, settings, uri, run_id,
-                          summary)
+        logged = _quietly(warnings, "log the model", log_best_model, settings.tracking, uri,
+                          run_id, summary["best_checkpoint"], summary["best"])
         summary.update(logged or {})
         _quietly(warnings, "mark the MLflow run FINISHED", finish_run, uri, run_id, True)
         summary["mlflow_run_id"] = run_id
@@ -170,52 +167,14 @@ def _say(line: str) -> None:
 def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
          uri: str | None) -> dict[str, Any]:
     """Ray Train's run (with the run's epoch clock); the summary of its checkpoints."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from pipelines.data import EpochClock
 
-    from pipelines.data import EpochClock, EveryImageDataConfig, training_dataset
-    from pipelines.train_loop import train_loop_per_worker
-
-    trainer_settings = settings.trainer
-    clock = EpochClock.create(trainer_settings.run_name)
+    clock = EpochClock.create(settings.trainer.run_name)
     try:
-        dataset = training_dataset(
-            settings.data.train_shards, train=True,
-            transform_kwargs=settings.data.train_transform, seed=trainer_settings.seed,
-            epoch_clock=clock.name, rows_per_block=settings.data.rows_per_block,
-        )
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "settings": settings.to_dict(),
-                "run_id": run_id,
-                "tracking_uri": uri,
-                "categories": data["train"]["categories"],
-                "epoch_clock": clock.name,
-                # Tells this call's reports from those of earlier calls, whose metrics the
-                # restored checkpoints still carry.
-                "fit_id": uuid.uuid4().hex,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=trainer_settings.num_workers,
-                use_gpu=trainer_settings.use_gpu,
-                resources_per_worker=trainer_settings.resources_per_worker(),
-            ),
-            run_config=RunConfig(
-                name=trainer_settings.run_name,
-                storage_path=trainer_settings.storage_path,
-                # Keeps the best checkpoint by AP; Ray Train always keeps the latest as well.
-                checkpoint_config=CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute="AP", checkpoint_score_order="max"
-                ),
-                failure_config=FailureConfig(max_failures=trainer_settings.max_failures),
-            ),
-            datasets={"train": dataset},
-            dataset_config=EveryImageDataConfig(),
-        )
+        job = TrainJob(run_id, uri, data["train"]["categories"], clock.name)
+        trainer = build_trainer(settings, job)
         start = time.perf_counter()
-        fit_id = trainer.train_loop_config["fit_id"]
-        return _summarise(trainer.fit(), settings, time.perf_counter() - start, fit_id)
+        return _summarise(trainer.fit(), settings, time.perf_counter() - start, job.fit_id)
     finally:
         clock.close()
 
@@ -255,47 +214,6 @@ def _worker_tracking_failures(metrics: dict[str, Any], fit_id: str) -> int:
     return int(metrics.get("tracking_failures", 0))
 
 
-def _log_final_model(settings: TrainSettings, uri: str, run_id: str,
-                     summary: dict[str, Any]) -> dict:
-    """The best checkpoint as an MLflow model (registered and aliased if configured)."""
-    tracking = settings.tracking
-    if not tracking.log_model:
-        return {}
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.mlflow_model import log_detector_model
-
-    client = MlflowClient(uri)
-    tags = client.get_run(run_id).data.tags
-    checkpoint = summary["best_checkpoint"]
-    if tags.get(LOGGED_TAG) == checkpoint:  # a re-run that trained nothing new
-        kept = {"model_uri": tags.get(LOGGED_TAG + ".uri"),
-                "registered_model": tags.get(LOGGED_TAG + ".version")}
-        return {k: v for k, v in kept.items() if v}
-    mlflow.set_tracking_uri(uri)
-    with tempfile.TemporaryDirectory(prefix="samdetr-") as folder, \
-            mlflow.start_run(run_id=run_id):
-        summary["best"].to_directory(folder)  # a local copy, wherever the storage is
-        info = log_detector_model(
-            os.path.join(folder, CHECKPOINT_FILE), name="model",
-            registered_model_name=tracking.registered_model,
-        )
-    out = {"model_uri": info.model_uri}
-    if tracking.registered_model:
-        version = info.registered_model_version
-        out["registered_model"] = f"{tracking.registered_model} v{version}"
-        if tracking.alias:
-            client.set_registered_model_alias(
-                tracking.registered_model, tracking.alias, version
-            )
-            out["registered_model"] += f" @{tracking.alias}"
-    client.set_tag(run_id, LOGGED_TAG, checkpoint)
-    client.set_tag(run_id, LOGGED_TAG + ".uri", out["model_uri"])
-    client.set_tag(run_id, LOGGED_TAG + ".version", out.get("registered_model", ""))
-    return out
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     best = summary["best_metrics"]
     lines = [
@@ -325,10 +243,13 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
+    from pipelines.config_defaults import register_defaults, settings_dict
+
+    register_defaults()  # the <group>/base nodes conf/ starts from
+
     @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
     def _run(cfg: DictConfig) -> None:
-        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        settings = TrainSettings.from_dict(plain)
+        settings = TrainSettings.from_dict(settings_dict(cfg))
         print(format_summary(run_training(settings, OmegaConf.to_yaml(cfg, resolve=True))))
 
     _run()

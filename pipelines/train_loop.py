@@ -1,10 +1,8 @@
 """The function every Ray Train worker runs: DDP training, per-epoch COCO evaluation spread
 over the workers, checkpoints, and rank 0's MLflow logging.
 
-``train_loop_config`` is a plain dict: ``settings`` (``TrainSettings.to_dict()``),
-``run_id`` / ``tracking_uri`` of the MLflow run (or ``None``), ``categories``,
-``epoch_clock``, the name of the run's :class:`pipelines.data.EpochClock`, and ``fit_id``, which
-tells the driver this call's reports from the ones restored checkpoints still carry.
+``train_loop_config`` is the plain dict of :meth:`pipelines.trainer.TrainJob.loop_config`:
+``settings`` (``TrainSettings.to_dict()``) and the fields of :class:`pipelines.trainer.TrainJob`.
 """
 
 from __future__ import annotations
@@ -22,12 +20,14 @@ import torch
 import torch.distributed as dist
 
 from pipelines.data import EpochClock, PadCollate
+from pipelines.pictures import picture_images, pictures_grid, unwrap
 from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings
+from pipelines.trainer import TrainJob
 from samdetr.builder import build_criterion, build_model
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
 from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
 from samdetr.engine.evaluation import eval_loader, ground_truth
-from samdetr.engine.loop import predict, train_one_epoch
+from samdetr.engine.loop import StepOptions, predict, train_one_epoch
 from samdetr.engine.optim import build_optimizer, build_scheduler
 from samdetr.engine.reproducibility import rng_state, seed_everything
 from samdetr.model.criterion import distributed_mean
@@ -42,10 +42,6 @@ def _say(line: str) -> None:
     # Ray Train V2 patches print() to also log it, which shows every line twice on the driver.
     sys.stdout.write(f"[samdetr] {line}\n")
     sys.stdout.flush()
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _distributed() -> bool:
@@ -76,7 +72,7 @@ def _restore(checkpoint, model, optimizer, scheduler) -> dict[str, Any] | None:
 
 def _evaluate(model, loader, coco_gt, device, autocast_dtype) -> dict[str, float]:
     """Inference on this rank's share, gathered; COCOeval once on rank 0; same numbers out."""
-    detections = predict(_unwrap(model), loader, device, PostProcess(100), autocast_dtype)
+    detections = predict(unwrap(model), loader, device, PostProcess(100), autocast_dtype)
     if _distributed():  # only rank 0 scores, so only rank 0 receives the detections
         parts: list[Any] | None = [None] * dist.get_world_size() if coco_gt is not None else None
         dist.gather_object(detections, parts, dst=0)
@@ -91,52 +87,12 @@ def _evaluate(model, loader, coco_gt, device, autocast_dtype) -> dict[str, float
     return metrics
 
 
-def _picture_images(settings: TrainSettings) -> list[Any]:
-    """The first ``trainer.num_pictures`` validation images, decoded once for every epoch."""
-    from samdetr.data.images import decode_image
-    from samdetr.data.shards import ShardDataset
-
-    rows = ShardDataset(settings.data.val_shards)
-    count = min(settings.trainer.num_pictures, len(rows))
-    return [
-        decode_image(row["image"], bool(row["exif_transpose"]))
-        for row in (rows[i] for i in range(count))
-    ]
-
-
-def _pictures(model, images, settings: TrainSettings, categories, device) -> Any:
-    """``images`` with their top detections and salient points, tiled into one picture."""
-    from pipelines.plots import image_grid
-    from samdetr.inference import Predictor
-    from samdetr.visualize import draw_detections
-
-    names = {c["id"]: c["name"] for c in categories}
-    predictor = Predictor(
-        _unwrap(model), settings.data.eval_transform.get("size", 800),
-        settings.data.eval_transform.get("max_size", 1333), num_top=10, device=device,
-    )
-    drawn = []
-    # Already decoded with their EXIF orientation applied as the rows say.
-    for image, result in zip(images, predictor(images, exif_transpose=False), strict=True):
-        keep = result["scores"] >= 0.3
-        if not keep.any():  # early in training: show the best few anyway
-            keep = torch.arange(len(result["scores"])) < 3
-        shown = {k: v[keep].cpu() for k, v in result.items()}
-        # Small images are enlarged first so that labels and points stay legible.
-        factor = max(1.0, 400 / min(image.size))
-        if factor > 1:
-            image = image.resize((round(image.width * factor), round(image.height * factor)))
-            shown["boxes"] = shown["boxes"] * factor
-        drawn.append(draw_detections(image, shown, names, points=shown.get("points")))
-    return image_grid(drawn) if drawn else None
-
-
 @dataclass
 class _Worker:
     """What one worker trains with: its settings, place, model parts and (rank 0) logger."""
 
     settings: TrainSettings
-    config: dict[str, Any]  # train_loop_config (module docstring)
+    job: TrainJob
     rank: int
     device: torch.device
     model: torch.nn.Module  # DDP-wrapped
@@ -161,6 +117,7 @@ class _Progress:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     settings = TrainSettings.from_dict(config["settings"])
+    job = TrainJob(**{k: v for k, v in config.items() if k != "settings"})
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     if device.type == "cuda":  # collectives on objects (NCCL) use the current device
@@ -178,12 +135,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
 
     logger = None
-    if rank == 0 and config.get("run_id"):
+    if rank == 0 and job.run_id:
         from pipelines.tracking import RunLogger
 
-        logger = RunLogger(config["tracking_uri"], config["run_id"],
+        logger = RunLogger(job.tracking_uri, job.run_id,
                            retry_after_s=settings.tracking.retry_after_s, warn=_say)
-    worker = _Worker(settings, config, rank, device, model, criterion, optimizer, scheduler,
+    worker = _Worker(settings, job, rank, device, model, criterion, optimizer, scheduler,
                      logger)
     try:
         _train(worker, _progress(payload, logger))
@@ -213,7 +170,7 @@ def _train(worker: _Worker, progress: _Progress) -> None:
     """The epochs still to do."""
     settings, rank, logger = worker.settings, worker.rank, worker.logger
     trainer, data = settings.trainer, settings.data
-    pictures = _picture_images(settings) if logger is not None else []
+    pictures = picture_images(settings) if logger is not None else []
     coco_gt = ground_truth(data.val_shards) if rank == 0 else None
     val_batches = eval_loader(
         data.val_shards, batch_size=data.eval_batch_size, rank=rank,
@@ -230,29 +187,16 @@ def _train(worker: _Worker, progress: _Progress) -> None:
     for epoch in range(progress.start_epoch, trainer.epochs):
         # Seeding per epoch makes a resumed run draw what an uninterrupted one would.
         seed_everything(trainer.seed + rank + 1000 * epoch)
-        if rank == 0 and worker.config.get("epoch_clock"):  # before this epoch's first batch
-            EpochClock.set_epoch(worker.config["epoch_clock"], epoch)
-        batches = train_shard.iter_torch_batches(
-            batch_size=data.batch_size,
-            collate_fn=PadCollate(),
-            local_shuffle_buffer_size=data.shuffle_buffer or None,
-            local_shuffle_seed=trainer.seed + epoch if data.shuffle_buffer else None,
-            prefetch_batches=2,  # keep decoded batches ready while the step runs
-        )
+        if rank == 0:  # before this epoch's first batch
+            EpochClock.set_epoch(worker.job.epoch_clock, epoch)
         start = time.perf_counter()
+        batches = _epoch_batches(train_shard, settings, epoch)
         all_stats = _gather(_train_epoch(worker, progress, batches))
         worker.scheduler.step()
         progress.global_step += all_stats[0]["steps"]
         metrics = _evaluate(worker.model, val_batches, coco_gt, worker.device,
                             trainer.autocast_dtype)
-        images = sum(s["images"] for s in all_stats)
-        weighted = sum(s["loss"] * s["batches"] for s in all_stats)
-        epoch_metrics = {
-            **{k: metrics[k] for k in METRIC_NAMES},
-            "loss": weighted / max(1, sum(s["batches"] for s in all_stats)),
-            "images_per_s": images / max(s["seconds"] for s in all_stats),
-            "epoch_time_s": time.perf_counter() - start,
-        }
+        epoch_metrics = _epoch_metrics(metrics, all_stats, time.perf_counter() - start)
         progress.history.append({"epoch": epoch, **epoch_metrics})
         if logger is not None:
             if progress.logged_epoch is None or epoch > progress.logged_epoch:
@@ -270,6 +214,31 @@ def _train(worker: _Worker, progress: _Progress) -> None:
             raise InjectedFailure(f"injected after epoch {epoch} (trainer.fail_after_epoch)")
 
 
+def _epoch_batches(shard: Any, settings: TrainSettings, epoch: int) -> Any:
+    """This worker's training batches of ``epoch`` from its Ray Data ``shard``."""
+    data, seed = settings.data, settings.trainer.seed
+    return shard.iter_torch_batches(
+        batch_size=data.batch_size,
+        collate_fn=PadCollate(),
+        local_shuffle_buffer_size=data.shuffle_buffer or None,
+        local_shuffle_seed=seed + epoch if data.shuffle_buffer else None,
+        prefetch_batches=2,  # keep decoded batches ready while the step runs
+    )
+
+
+def _epoch_metrics(metrics: dict[str, float], all_stats: list[dict[str, Any]],
+                   seconds: float) -> dict[str, float]:
+    """COCO metrics plus the epoch's loss and speed over all workers."""
+    images = sum(s["images"] for s in all_stats)
+    weighted = sum(s["loss"] * s["batches"] for s in all_stats)
+    return {
+        **{k: metrics[k] for k in METRIC_NAMES},
+        "loss": weighted / max(1, sum(s["batches"] for s in all_stats)),
+        "images_per_s": images / max(s["seconds"] for s in all_stats),
+        "epoch_time_s": seconds,
+    }
+
+
 def _train_epoch(worker: _Worker, progress: _Progress, batches: Any) -> dict[str, Any]:
     """One epoch of DDP steps; rank 0 logs the steps MLflow does not hold yet."""
     settings, logger, base = worker.settings, worker.logger, progress.global_step
@@ -279,14 +248,15 @@ def _train_epoch(worker: _Worker, progress: _Progress, batches: Any) -> dict[str
                                    or base + step > progress.logged_step):
             logger.log_metrics({f"train/{k}": v for k, v in values.items()}, base + step)
 
-    return train_one_epoch(
-        worker.model, worker.criterion, worker.optimizer, batches, worker.device,
+    options = StepOptions(
         clip_max_norm=settings.optim.clip_max_norm,
         autocast_dtype=settings.trainer.autocast_dtype,
         world_reduce=distributed_mean,
         on_step=on_step,
         log_every=settings.trainer.log_every,
     )
+    return train_one_epoch(worker.model, worker.criterion, worker.optimizer, batches,
+                           worker.device, options)
 
 
 def _log_epoch(worker: _Worker, epoch: int, epoch_metrics: dict[str, float],
@@ -297,17 +267,17 @@ def _log_epoch(worker: _Worker, epoch: int, epoch_metrics: dict[str, float],
     logger.log_metrics(epoch_metrics, step=epoch)
     logger.log_figure(convergence_figure(history), "convergence.png")
     if pictures:
-        categories = worker.config.get("categories") or []
-        grid = _pictures(worker.model, pictures, worker.settings, categories, worker.device)
+        categories = worker.job.categories
+        grid = pictures_grid(worker.model, pictures, worker.settings, categories, worker.device)
         if grid is not None:
             logger.log_image(grid, f"predictions/epoch_{epoch + 1:03d}.png")
 
 
 def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _Progress) -> None:
     """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint."""
-    settings, config = worker.settings, worker.config
+    settings, job = worker.settings, worker.job
     # For the driver only, not the checkpoint: which call reported, and tracking failures.
-    status: dict[str, Any] = {"fit_id": config.get("fit_id", "")}
+    status: dict[str, Any] = {"fit_id": job.fit_id}
     if worker.logger is not None:
         status["tracking_failures"] = worker.logger.failures + worker.logger.dropped
     with tempfile.TemporaryDirectory() as folder:
@@ -315,7 +285,7 @@ def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _P
         if worker.rank == 0:
             save_checkpoint(
                 os.path.join(folder, CHECKPOINT_FILE),
-                _unwrap(worker.model),
+                unwrap(worker.model),
                 settings.detector,
                 optimizer=worker.optimizer.state_dict(),
                 scheduler=worker.scheduler.state_dict(),
@@ -327,8 +297,8 @@ def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _P
                 settings=settings.to_dict(),
                 eval_transform=dict(settings.data.eval_transform),
                 eval_batch_size=settings.data.eval_batch_size,
-                categories=list(config.get("categories") or []),
-                mlflow_run_id=config.get("run_id") or "",
+                categories=list(job.categories),
+                mlflow_run_id=job.run_id or "",
             )
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(

@@ -9,7 +9,8 @@ from coco_subset import write_coco_subset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samdetr.data.coco_rows import load_annotations, local_reader
+from samdetr.data.coco_rows import local_reader
+from samdetr.data.coco_source import load_annotations
 from samdetr.data.loader import RowDecoder, build_loader, set_epoch
 from samdetr.data.samplers import BlockShuffleSampler, EpochSampler
 from samdetr.data.shard_writer import write_shard_set

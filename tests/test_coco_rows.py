@@ -1,4 +1,5 @@
-"""COCO JSON -> validated rows (samdetr.data.coco_rows) on coco128-dev and hand-made bad inputs."""
+"""COCO JSON -> validated rows (samdetr.data.coco_source, samdetr.data.coco_rows) on coco128-dev
+and hand-made bad inputs."""
 
 from __future__ import annotations
 
@@ -12,13 +13,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from samdetr.data.coco_rows import (
-    encode_row,
-    load_annotations,
-    local_reader,
-    merge_counters,
-    reason_code,
-)
+from samdetr.data.coco_rows import encode_row, local_reader, merge_counters, reason_code
+from samdetr.data.coco_source import load_annotations
 from samdetr.data.row_schema import ROW_SCHEMA, rows_to_table
 
 

@@ -11,7 +11,7 @@ import torch
 from tiny import tiny_config
 
 from samdetr.builder import build_criterion, build_model
-from samdetr.engine.loop import predict, train_one_epoch
+from samdetr.engine.loop import StepOptions, predict, train_one_epoch
 from samdetr.engine.optim import OptimConfig, build_optimizer, build_scheduler, parameter_groups
 from samdetr.engine.reproducibility import rng_state, seed_everything, set_rng_state
 
@@ -72,8 +72,8 @@ def test_train_one_epoch_lowers_the_loss_and_reports_steps():
     batches = _batches(2)
     seen = []
     first = train_one_epoch(model, criterion, optimizer, batches, torch.device("cpu"),
-                            on_step=lambda step, values: seen.append((step, values)),
-                            log_every=1)
+                            StepOptions(on_step=lambda step, values: seen.append((step, values)),
+                                        log_every=1))
     assert first["steps"] == 2 and first["images"] == 4
     assert [s for s, _ in seen] == [1, 2]
     assert {"loss", "loss_ce", "loss_bbox", "loss_giou", "lr", "lr_backbone", "grad_norm"} <= set(
@@ -151,3 +151,14 @@ def test_eval_loader_processes_give_the_same_batches_and_stay_alive(tmp_path):
             assert [int(t["image_id"]) for t in targets] == [
                 int(t["image_id"]) for t in ref_targets
             ]
+
+
+def test_step_options_refuse_bad_values():
+    with pytest.raises(ValueError, match="log_every must be an integer >= 1"):
+        StepOptions(log_every=0)
+    with pytest.raises(ValueError, match="log_every"):
+        StepOptions(log_every=True)
+    with pytest.raises(ValueError, match="clip_max_norm must be a number >= 0"):
+        StepOptions(clip_max_norm=-1.0)
+    with pytest.raises(ValueError, match="clip_max_norm"):
+        StepOptions(clip_max_norm=float("nan"))

@@ -6,7 +6,8 @@ import pytest
 import torch
 from coco_subset import write_coco_subset
 
-from samdetr.data.coco_rows import load_annotations, local_reader
+from samdetr.data.coco_rows import local_reader
+from samdetr.data.coco_source import load_annotations
 from samdetr.data.loader import RowDecoder, build_loader, collate, set_epoch
 from samdetr.data.samplers import EpochSampler
 from samdetr.data.shard_writer import write_shard_set

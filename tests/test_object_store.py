@@ -24,7 +24,7 @@ from s3_server import moto_s3  # noqa: E402
 from pipelines.data import shard_dataset, training_dataset  # noqa: E402
 from pipelines.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
 from samdetr.data import storage  # noqa: E402
-from samdetr.data.coco_rows import load_annotations  # noqa: E402
+from samdetr.data.coco_source import load_annotations  # noqa: E402
 from samdetr.data.shards import ShardDataset, iter_rows, read_manifest, verify_shards  # noqa: E402
 from samdetr.data.storage import file_sizes, resolve_fs  # noqa: E402
 from samdetr.engine.evaluation import eval_loader, ground_truth  # noqa: E402

@@ -1,7 +1,15 @@
-"""The Hydra configs compose into valid settings, and make_synthetic's entry point works."""
+"""The Hydra configs compose into valid settings, and make_synthetic's entry point works.
+
+The YAML under conf/ states only what differs from the dataclass defaults (the ``<group>/base``
+nodes of :mod:`pipelines.config_defaults`), yet composes to exactly the configs it composed to
+when it restated them; and ``output_root`` (conf/paths.yaml) is the one place outputs go.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -9,20 +17,26 @@ import pytest
 pytest.importorskip("hydra")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import OmegaConf, open_dict  # noqa: E402
 
 from pipelines import make_synthetic  # noqa: E402
+from pipelines.config_defaults import register_defaults, settings_dict  # noqa: E402
 from pipelines.preprocess import PreprocessConfig  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+ENTRY_POINTS = ("train", "preprocess", "evaluate", "make_synthetic")
+
+
+def _compose(config_name: str, overrides: list[str], hydra_node: bool = False):
+    register_defaults()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides,
+                       return_hydra_config=hydra_node)
 
 
 def _preprocess(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="preprocess", overrides=overrides)
-    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    plain = settings_dict(_compose("preprocess", overrides))
     data = plain.pop("data")
-    plain.pop("hydra", None)
     return PreprocessConfig.from_dict(
         {**plain, "annotations": data["annotations"], "images": data["images"]}
     )
@@ -43,13 +57,127 @@ def test_bad_override_is_rejected():
 
 
 def test_make_synthetic_entry(tmp_path):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name="make_synthetic", overrides=[f"out_dir={tmp_path}", "num_images=5"]
-        )
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    settings.pop("hydra", None)
-    summary = make_synthetic.run(settings)
+    cfg = _compose("make_synthetic", [f"out_dir={tmp_path}", "num_images=5"])
+    summary = make_synthetic.run(settings_dict(cfg))
     assert summary["num_images"] == 5 and (tmp_path / "annotations.json").is_file()
     with pytest.raises(ValueError, match="make_synthetic: unknown field"):
         make_synthetic.run({"out_dir": str(tmp_path), "num_images": 1, "colour": "red"})
+
+
+# --- the composed configs are those of the YAML that restated every default ------------------
+
+def _canonical(value):
+    """JSON-comparable: every number a float (the dataclass defaults are typed, so e.g.
+    tracking.retry_after_s is 30.0 where the old YAML said 30; == holds either way)."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else str(value)
+    return value
+
+
+def fingerprint(config_name: str, overrides: list[str]) -> str:
+    """sha256 (16 hex digits) of the resolved job config, without ``output_root``."""
+    plain = _canonical(settings_dict(_compose(config_name, overrides)))
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Fingerprints of the configs composed from conf/ at commit 47a7925 (every default restated in
+# YAML, outputs/ written out in each file), with MLFLOW_TRACKING_URI and SAMDETR_STORAGE unset.
+# A deliberate change of a composed config changes its fingerprint: update it here then.
+FINGERPRINTS = {
+    "train": "4ea5f8eee5f02fb0",
+    "train experiment=demo": "b53c3157e4adc9de",
+    "train experiment=sam_detr_r50_dc5_e12": "9c8158c2b1e37723",
+    "train experiment=sam_detr_r50_dc5_e50": "f75ed604fecbec23",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "6736f0a94c23f141",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "c36622edd521b230",
+    "train experiment=sam_detr_r50_e12": "cbeaef5205a56315",
+    "train experiment=sam_detr_r50_e50": "288d02fa551b1445",
+    "train experiment=sam_detr_r50_smca_e12": "ea8a6b7301e19113",
+    "train experiment=sam_detr_r50_smca_e50": "51838d66f02f7151",
+    "train model=baseline_r50": "5ad83fa5190405dd",
+    "train model=sam_detr_r50": "026f063f416d13e5",
+    "train model=sam_detr_r50_dc5": "8fdc940b1ce38a96",
+    "train model=sam_detr_r50_dc5_smca": "226a6f9277dbeefd",
+    "train model=sam_detr_r50_smca": "357374031cf52f58",
+    "train data=coco128": "6c3244c7afee22a5",
+    "train data=coco2017": "0b255c1f5f9ac83b",
+    "train trainer=gpu": "397a374dab5f38a7",
+    "train tracking=server": "f3a297f435488bde",
+    "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
+        "49ff8bbc906f465d",
+    "preprocess": "78e79f3b0d4c66c6",
+    "preprocess data=synthetic split=val": "c2506787b69e750b",
+    "preprocess data=coco2017 split=val": "eb6941ef1531f5d4",
+    "evaluate shards=x": "1c5988f0b9bf8036",
+    "make_synthetic": "6bf71df80590184c",
+}
+
+
+@pytest.mark.parametrize("combination", sorted(FINGERPRINTS))
+def test_configs_compose_as_before(combination, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SAMDETR_STORAGE", raising=False)
+    config_name, *overrides = combination.split()
+    found = fingerprint(config_name, overrides)
+    shown = OmegaConf.to_yaml(_compose(config_name, overrides), resolve=True)
+    assert found == FINGERPRINTS[combination], f"{combination} now composes to:\n{shown}"
+
+
+# --- one output root -------------------------------------------------------------------------
+
+def _strings(value, path=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}{key}.")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item, path)
+    elif isinstance(value, str):
+        yield path.rstrip("."), value
+
+
+def _run_dir(cfg) -> str:
+    return OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"]
+
+
+def test_outputs_is_named_in_one_place():
+    named = sorted(str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")
+                   if "outputs" in p.read_text())
+    assert named == ["paths.yaml"]
+    assert OmegaConf.load(CONF / "paths.yaml").output_root == "outputs"
+
+
+@pytest.mark.parametrize("config_name, data", [
+    *[(name, data) for name in ("train", "preprocess")
+      for data in ("synthetic", "coco128", "coco2017")],
+    ("evaluate", None), ("make_synthetic", None),
+])
+def test_one_override_moves_every_output(config_name, data, tmp_path):
+    overrides = [f"output_root={tmp_path}"] + ([f"data={data}"] if data else []) + (
+        ["shards=x"] if config_name == "evaluate" else []
+    )
+    cfg = _compose(config_name, overrides, hydra_node=True)
+    assert _run_dir(cfg).startswith(f"{tmp_path}/hydra/{config_name}/")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    plain = settings_dict(cfg)
+    assert "output_root" not in plain
+    assert not [(k, v) for k, v in _strings(plain) if "outputs" in v]
+    root = str(tmp_path)
+    if config_name == "train":
+        assert plain["data"]["train_shards"].startswith(f"{root}/shards/{data}/")
+        assert plain["data"]["val_shards"].startswith(f"{root}/shards/{data}/")
+        assert plain["trainer"]["storage_path"] == f"{root}/ray"
+    if config_name == "preprocess":
+        assert plain["output"] == f"{root}/shards/{data}/train"
+
+
+@pytest.mark.parametrize("config_name", ENTRY_POINTS)
+def test_outputs_by_default(config_name):
+    cfg = _compose(config_name, ["shards=x"] if config_name == "evaluate" else [], True)
+    assert _run_dir(cfg).startswith(f"outputs/hydra/{config_name}/")

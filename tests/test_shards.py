@@ -13,19 +13,19 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samdetr.data.coco_rows import encode_row, load_annotations, local_reader
+from samdetr.data.coco_rows import encode_row, local_reader
+from samdetr.data.coco_source import load_annotations
 from samdetr.data.row_schema import ROW_SCHEMA, rows_to_table
+from samdetr.data.shard_writer import plan_shards, shard_file_name, write_shard
 from samdetr.data.shards import (
     MANIFEST_NAME,
+    ManifestContents,
     ShardDataset,
     clear_manifest,
     iter_rows,
-    plan_shards,
     read_manifest,
-    shard_file_name,
     verify_shards,
     write_manifest,
-    write_shard,
 )
 
 
@@ -47,12 +47,13 @@ def _write_set(out: Path, source, rows, target_bytes: int) -> dict:
         entries.append(write_shard(table, out / shard_file_name("train", i, len(plan))))
     rejects = [{"kind": "box", "image_id": 5, "annotation_id": 9, "file_name": None,
                 "reason": "degenerate_box"}]  # fmt: skip
-    return write_manifest(
-        out, split="train", shards=entries, categories=source.categories,
+    contents = ManifestContents(
+        split="train", shards=entries, categories=source.categories,
         num_classes=source.num_classes, source_sha256=source.source_sha256,
         config={"target_bytes": target_bytes}, rejects=rejects, counters={"clipped_boxes": 0},
         created_at="2024-01-01T00:00:00+00:00",
     )  # fmt: skip
+    return write_manifest(out, contents)
 
 
 @pytest.fixture(scope="module")
@@ -190,12 +191,48 @@ def test_write_shard_and_manifest_validation(tmp_path: Path):
     assert pq.read_table(tmp_path / "e.parquet").schema.equals(ROW_SCHEMA)
     with pytest.raises(ValueError, match="ROW_SCHEMA"):
         write_shard(rows_to_table([]).drop_columns(["mode"]), tmp_path / "x.parquet")
-    common = dict(split="val", categories=[{"id": 1, "name": "a", "supercategory": "b"}],
-                  num_classes=2, source_sha256="0", rejects=[], counters={})  # fmt: skip
-    with pytest.raises(ValueError, match="lacks"):
-        write_manifest(tmp_path, shards=[{"file": "e.parquet"}], config={}, **common)
     with pytest.raises(TypeError, match="JSON"):
-        write_manifest(tmp_path, shards=[empty], config={"bad": object()}, **common)
+        write_manifest(tmp_path, _contents(shards=[empty], config={"bad": object()}))
+    with pytest.raises(TypeError, match="ManifestContents"):
+        write_manifest(tmp_path, {"split": "val"})
     assert not (tmp_path / MANIFEST_NAME).exists()
     with pytest.raises(ValueError, match="split"):
         shard_file_name("a/b", 0, 1)
+
+
+_SHARD = {"file": "e.parquet", "rows": 0, "boxes": 0, "bytes": 1, "sha256": "0"}
+
+
+def _contents(**changes) -> ManifestContents:
+    fields = dict(split="val", shards=[_SHARD], num_classes=2, source_sha256="0", config={},
+                  categories=[{"id": 1, "name": "a", "supercategory": "b"}], rejects=[],
+                  counters={})  # fmt: skip
+    return ManifestContents(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"split": ""}, ValueError, "split must be a non-empty string"),
+        ({"shards": [{"file": "e.parquet"}]}, ValueError, r"shards\[0\] lacks"),
+        ({"shards": [_SHARD, _SHARD]}, ValueError, "duplicate shard file names"),
+        ({"num_classes": 1}, ValueError, "must exceed the largest category id"),
+        ({"num_classes": 2.0}, TypeError, "num_classes must be an int"),
+        ({"num_classes": True}, TypeError, "num_classes must be an int"),
+        ({"source_sha256": None}, TypeError, "source_sha256 must be a str"),
+        ({"config": [("a", 1)]}, TypeError, "config must be a Mapping"),
+        ({"counters": None}, TypeError, "counters must be a Mapping"),
+        ({"created_at": 2024}, TypeError, "created_at must be an ISO-8601 string"),
+    ],
+)
+def test_manifest_contents_validation(changes, error, message):
+    with pytest.raises(error, match=message):
+        _contents(**changes)
+
+
+def test_manifest_contents_keeps_only_shard_keys(tmp_path: Path):
+    entry = {"file": "a.parquet", "rows": 2, "boxes": 3, "bytes": 10, "sha256": "x", "extra": 1}
+    manifest = write_manifest(tmp_path, _contents(shards=[entry], created_at="T"))
+    assert manifest["shards"] == [{k: v for k, v in entry.items() if k != "extra"}]
+    assert (manifest["num_rows"], manifest["num_boxes"], manifest["created_at"]) == (2, 3, "T")
+    assert read_manifest(tmp_path) == manifest

@@ -119,6 +119,23 @@ def test_bad_arguments(tmp_path, kwargs, error):
         make_synthetic_coco(tmp_path, **arguments)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_size": (8, 20)}, "16 <= min <= max"),
+        ({"classes": ()}, "classes must be distinct names"),
+        ({"category_ids": [1, 2]}, "category_ids must be 3 distinct ids >= 1"),
+        ({"category_ids": [0, 1, 2]}, "category_ids must be 3 distinct ids >= 1"),
+        ({"object_size": (0.5, 0.2)}, "object_size must be"),
+        ({"min_visible": 0.0}, r"min_visible must be in \(0, 1\]"),
+    ],
+)
+def test_bad_settings_say_what_is_wrong(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_synthetic_coco(tmp_path, 2, **kwargs)
+    assert not (tmp_path / "annotations.json").exists()
+
+
 def test_synthetic_shards_round_trip(tmp_path):
     from samdetr.data.shards import ShardDataset, verify_shards
     from samdetr.data.synthetic import write_synthetic_shards

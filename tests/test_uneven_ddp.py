@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from tiny import tiny_config
 
 from samdetr.builder import build_criterion, build_model
-from samdetr.engine.loop import train_one_epoch
+from samdetr.engine.loop import StepOptions, train_one_epoch
 from samdetr.model.criterion import distributed_mean
 
 
@@ -65,7 +65,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         stats = train_one_epoch(
             ddp, criterion, optimizer, [_batch(s) for s in RANK_BATCHES[rank]],
-            torch.device("cpu"), clip_max_norm=0.0, world_reduce=distributed_mean,
+            torch.device("cpu"), StepOptions(clip_max_norm=0.0, world_reduce=distributed_mean),
         )
         torch.save({"stats": stats, "state": model.state_dict()}, os.path.join(out, f"{rank}.pt"))
     finally:
@@ -91,7 +91,7 @@ def test_uneven_batch_counts_train_like_one_process_on_the_same_data(tmp_path):
     model, criterion, optimizer = _parts()
     b = {s: _batch(s) for s in (1, 2, 3, 4)}
     train_one_epoch(model, criterion, optimizer, [_merge(b[1], b[4]), b[2], b[3]],
-                    torch.device("cpu"), clip_max_norm=0.0)
+                    torch.device("cpu"), StepOptions(clip_max_norm=0.0))
     reference = model.state_dict()
     for name, value in reference.items():
         torch.testing.assert_close(results[0]["state"][name], results[1]["state"][name],
@@ -114,7 +114,7 @@ def test_a_rank_without_data_from_the_start_still_steps():
         return (local + other) / 2
 
     stats = train_one_epoch(model, criterion, optimizer, [], torch.device("cpu"),
-                            clip_max_norm=0.0, world_reduce=other_rank_has_one_batch)
+                            StepOptions(clip_max_norm=0.0, world_reduce=other_rank_has_one_batch))
     assert stats["steps"] == 1 and stats["batches"] == 0 and stats["images"] == 0
     assert len(calls) == 2 and calls[0].tolist() == [0.0, 0.0]
     for name, value in model.state_dict().items():  # SGD without momentum: zero gradient
@@ -125,4 +125,4 @@ def test_world_reduce_must_keep_the_shape():
     model, criterion, optimizer = _parts()
     with pytest.raises(TypeError, match="shaped like its input"):
         train_one_epoch(model, criterion, optimizer, [_batch(1)], torch.device("cpu"),
-                        world_reduce=lambda t: t.sum())
+                        StepOptions(world_reduce=lambda t: t.sum()))

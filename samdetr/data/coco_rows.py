@@ -1,4 +1,5 @@
-"""COCO instances JSON -> validated per-image rows of plain Arrow types.
+"""One COCO image and its annotations -> a validated row of plain Arrow types, and the rejects
+and counters that report what was dropped (:mod:`samdetr.data.coco_source` reads the JSON).
 
 One row per image (see :data:`ROW_SCHEMA`)::
 
@@ -32,24 +33,19 @@ kept (counter ``clipped_boxes``).
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
-from samdetr.data.storage import is_uri, resolve_fs
-
 __all__ = [
-    "COUNTER_KEYS", "CocoSource", "load_annotations", "encode_row", "local_reader",
-    "filesystem_reader", "reason_code", "merge_counters", "raise_on_rejects",
+    "COUNTER_KEYS", "encode_row", "local_reader", "filesystem_reader", "make_reject",
+    "reason_code", "merge_counters", "raise_on_rejects",
 ]  # fmt: skip
 
 _EXIF_ORIENTATION = 0x0112
@@ -62,131 +58,10 @@ COUNTER_KEYS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-@dataclass
-class CocoSource:
-    """A parsed COCO instances file.
-
-    ``images``: image infos (dicts with at least id, file_name, width, height) sorted by id.
-    ``annotations``: image id -> that image's annotation dicts sorted by annotation id (only
-    annotations naming a known image and a known category). ``categories``: [{id, name,
-    supercategory}] sorted by id. ``num_classes``: max category id + 1 (K). ``rejects``: box
-    rejects (``unknown_image`` / ``unknown_category``) in annotation-id order.
-    """
-
-    path: str
-    images: list[dict[str, Any]]
-    annotations: dict[int, list[dict[str, Any]]]
-    categories: list[dict[str, Any]]
-    num_classes: int
-    source_sha256: str
-    rejects: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def category_ids(self) -> set[int]:
-        return {c["id"] for c in self.categories}
-
-    def items(self) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """Yield ``(image_info, annotations)`` in image-id order."""
-        for info in self.images:
-            yield info, self.annotations.get(info["id"], [])
-
-
-def _require_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    return value
-
-
-def load_annotations(
-    path: str | os.PathLike[str], filesystem: Any = None, strict: bool = False
-) -> CocoSource:
-    """Read a COCO instances JSON: a local path, a URI (``s3://bucket/annotations.json``) or a
-    path on the ``pyarrow.fs.FileSystem`` given as ``filesystem``.
-
-    Annotations naming an unknown image or category become rejects (ValueError when
-    ``strict``). Structural problems (missing sections, duplicate image / annotation /
-    category ids, non-integer ids, no categories) raise ValueError.
-    """
-    path = os.fspath(path)
-    if filesystem is None and is_uri(path):
-        filesystem, path = resolve_fs(path)
-    if filesystem is None:
-        with open(path, "rb") as f:
-            raw = f.read()
-    else:
-        with filesystem.open_input_stream(path) as f:
-            raw = f.read()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a valid JSON file ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object with images/annotations/categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{path}: missing or non-list '{key}' (not a COCO instances file?)")
-        if not all(isinstance(item, dict) for item in data[key]):
-            raise ValueError(f"{path}: every entry of '{key}' must be a JSON object")
-
-    categories: dict[int, dict[str, Any]] = {}
-    for cat in data["categories"]:
-        cid = _require_int(cat.get("id"), f"{path}: category id")
-        if cid in categories:
-            raise ValueError(f"{path}: duplicate category id {cid}")
-        if cid < 0:
-            raise ValueError(f"{path}: negative category id {cid}")
-        categories[cid] = {"id": cid, "name": str(cat.get("name", "")),
-                           "supercategory": str(cat.get("supercategory", ""))}  # fmt: skip
-    if not categories:
-        raise ValueError(f"{path}: no categories")
-
-    images: dict[int, dict[str, Any]] = {}
-    for info in data["images"]:
-        iid = _require_int(info.get("id"), f"{path}: image id")
-        if iid in images:
-            raise ValueError(f"{path}: duplicate image id {iid}")
-        if not isinstance(info.get("file_name"), str) or not info["file_name"]:
-            raise ValueError(f"{path}: image {iid} has no file_name")
-        images[iid] = info
-
-    per_image: dict[int, list[dict[str, Any]]] = {}
-    rejects: list[dict[str, Any]] = []
-    seen_ann: set[int] = set()
-    for ann in sorted(
-        data["annotations"], key=lambda a: _require_int(a.get("id"), "annotation id")
-    ):
-        aid = ann["id"]
-        if aid in seen_ann:
-            raise ValueError(f"{path}: duplicate annotation id {aid}")
-        seen_ann.add(aid)
-        iid = ann.get("image_id")
-        info = images.get(iid) if isinstance(iid, int) else None
-        if info is None:
-            rejects.append(_reject("box", iid, aid, None, f"unknown_image: image_id {iid!r}"))
-            continue
-        cid = ann.get("category_id")
-        if cid not in categories:
-            rejects.append(
-                _reject("box", iid, aid, info["file_name"], f"unknown_category: {cid!r}")
-            )
-            continue
-        per_image.setdefault(iid, []).append(ann)
-
-    source = CocoSource(
-        path=path,
-        images=[images[i] for i in sorted(images)],
-        annotations=per_image,
-        categories=[categories[c] for c in sorted(categories)],
-        num_classes=max(categories) + 1,
-        source_sha256=hashlib.sha256(raw).hexdigest(),
-        rejects=rejects,
-    )
-    if strict:
-        raise_on_rejects(rejects, context=path)
-    return source
-
-
-def _reject(kind: str, image_id: Any, annotation_id: Any, file_name: Any, reason: str) -> dict:
+def make_reject(
+    kind: str, image_id: Any, annotation_id: Any, file_name: Any, reason: str
+) -> dict[str, Any]:
+    """A reject dict (format in the module docstring); ``kind`` is "image" or "box"."""
     return {"kind": kind, "image_id": image_id, "annotation_id": annotation_id,
             "file_name": file_name, "reason": reason}  # fmt: skip
 
@@ -249,31 +124,12 @@ def filesystem_reader(filesystem: Any, image_dir: str) -> Callable[[str], bytes]
     return read
 
 
-def _probe_image(data: bytes) -> tuple[str, int, int, int]:
-    """Fully decode ``data``; return (mode, raw width, raw height, EXIF orientation or 1)."""
-    with Image.open(io.BytesIO(data)) as im:
-        mode = im.mode
-        try:
-            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
-        except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
-            orientation = 1
-        im.load()  # full decode: truncated/corrupt data raises here
-        width, height = im.size
-    if orientation not in range(1, 9):
-        orientation = 1
-    return mode, width, height, orientation
+class _Rejected(Exception):
+    """An image or box that cannot be used; ``reason`` is its reject reason."""
 
-
-def _box_values(bbox: Any) -> list[float] | None:
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        return None
-    try:
-        values = [float(v) for v in bbox]
-    except (TypeError, ValueError):
-        return None
-    if isinstance(bbox[0], bool) or not all(math.isfinite(v) for v in values):
-        return None
-    return values
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def encode_row(
@@ -298,19 +154,41 @@ def encode_row(
     if not callable(read_bytes):
         raise TypeError(f"read_bytes must be a callable file_name -> bytes, got {read_bytes!r}")
     anns = sorted(annotations, key=lambda a: a["id"])
+    image_id, file_name = image_info.get("id"), image_info.get("file_name")
     counters = dict.fromkeys(COUNTER_KEYS, 0)
     counters["images"] = 1
-    image_id = image_info.get("id")
-    file_name = image_info.get("file_name")
-
-    def reject_image(reason: str) -> tuple[None, list[dict[str, Any]], dict[str, int]]:
-        rej = _reject("image", image_id, None, file_name, reason)
-        rej["num_annotations"] = len(anns)
+    try:
+        size = _annotated_size(image_info)
+        data = _read_image(read_bytes, file_name)
+        mode, raw_size, orientation = _probe_image(data)
+        exif_transpose, ambiguous = _orientation_choice(size, raw_size, orientation, prefer_exif)
+    except _Rejected as exc:
+        reject = make_reject("image", image_id, None, file_name, exc.reason)
+        reject["num_annotations"] = len(anns)
         counters["images_rejected"] = 1
         if strict:
-            raise_on_rejects([rej], context=f"image {image_id}")
-        return None, [rej], counters
+            raise_on_rejects([reject], context=f"image {image_id}")
+        return None, [reject], counters
 
+    columns, rejects, clipped = _box_columns(anns, image_id, file_name, size, categories)
+    counters.update(
+        images_kept=1, images_without_boxes=int(not columns["boxes"]),
+        boxes=len(columns["boxes"]), boxes_rejected=len(rejects), clipped_boxes=clipped,
+        exif_transposed=int(exif_transpose), exif_ambiguous=int(ambiguous),
+    )  # fmt: skip
+    if strict:
+        raise_on_rejects(rejects, context=f"image {image_id} ({file_name})")
+    row = {
+        "image_id": image_id, "file_name": file_name, "width": size[0], "height": size[1],
+        "image": data, "exif_transpose": bool(exif_transpose), "mode": mode, **columns,
+    }  # fmt: skip
+    return row, rejects, counters
+
+
+def _annotated_size(image_info: Mapping[str, Any]) -> tuple[int, int]:
+    """The info's ``(width, height)``; _Rejected unless id, file_name and a positive size are
+    all given."""
+    image_id, file_name = image_info.get("id"), image_info.get("file_name")
     width, height = image_info.get("width"), image_info.get("height")
     if (
         not isinstance(image_id, int)
@@ -319,99 +197,159 @@ def encode_row(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)
         )
     ):
-        return reject_image(
+        raise _Rejected(
             f"invalid_image_info: id={image_id!r} file_name={file_name!r} "
             f"width={width!r} height={height!r}"
         )
+    return width, height
+
+
+def _read_image(read_bytes: Callable[[str], bytes], file_name: str) -> bytes:
+    """The file's bytes; _Rejected when missing, unreadable or empty. A reader returning
+    something other than bytes is a programming error (TypeError), not a bad image."""
     try:
         data = read_bytes(file_name)
     except FileNotFoundError:
-        return reject_image("missing_image")
+        raise _Rejected("missing_image") from None
     except OSError as exc:
-        return reject_image(f"unreadable_image: {type(exc).__name__}: {exc}")
+        raise _Rejected(f"unreadable_image: {type(exc).__name__}: {exc}") from exc
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
     if not isinstance(data, bytes):
         raise TypeError(f"read_bytes({file_name!r}) returned {type(data).__name__}, not bytes")
     if not data:
-        return reject_image("unreadable_image: empty file")
+        raise _Rejected("unreadable_image: empty file")
+    return data
+
+
+def _probe_image(data: bytes) -> tuple[str, tuple[int, int], int]:
+    """Fully decode ``data``; return (mode, raw (width, height), EXIF orientation or 1).
+
+    Any decoder failure (truncated or corrupt data raise only in the full decode) is _Rejected.
+    """
     try:
-        mode, raw_w, raw_h, orientation = _probe_image(data)
+        with Image.open(io.BytesIO(data)) as im:
+            mode = im.mode
+            try:
+                orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+            except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+                orientation = 1
+            im.load()
+            raw_size = im.size
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unusable image
-        return reject_image(f"unreadable_image: {type(exc).__name__}: {exc}")
+        raise _Rejected(f"unreadable_image: {type(exc).__name__}: {exc}") from exc
+    if orientation not in range(1, 9):
+        orientation = 1
+    return mode, raw_size, orientation
 
+
+def _orientation_choice(
+    size: tuple[int, int], raw_size: tuple[int, int], orientation: int, prefer_exif: bool
+) -> tuple[bool, bool]:
+    """``(exif_transpose, ambiguous)`` from which of the file's sizes the annotation's ``size``
+    matches: the EXIF-oriented one, the raw one, or both; _Rejected (size_mismatch) for neither."""
+    raw_w, raw_h = raw_size
     oriented = (raw_h, raw_w) if orientation >= 5 else (raw_w, raw_h)
-    matches_exif = orientation != 1 and (width, height) == oriented
-    matches_raw = (width, height) == (raw_w, raw_h)
+    matches_exif = orientation != 1 and size == oriented
+    matches_raw = size == raw_size
     if matches_exif and matches_raw:
-        exif_transpose = prefer_exif
-        counters["exif_ambiguous"] = 1
-    elif matches_exif or matches_raw:
-        exif_transpose = matches_exif
-    else:
-        extra = f" (EXIF orientation {orientation})" if orientation != 1 else ""
-        return reject_image(
-            f"size_mismatch: annotation {width}x{height} vs image {raw_w}x{raw_h}{extra}"
-        )
-    counters["exif_transposed"] = int(exif_transpose)
-
-    rejects: list[dict[str, Any]] = []
-    kept: list[tuple[list[float], int, int, float, int]] = []  # box, category, crowd, area, id
-    for ann in anns:
-        aid = ann["id"]
-
-        def reject_box(reason: str, aid: Any = aid) -> None:
-            rejects.append(_reject("box", image_id, aid, file_name, reason))
-
-        if ann.get("image_id", image_id) != image_id:
-            reject_box(f"unknown_image: annotation names image {ann.get('image_id')!r}")
-            continue
-        cid = ann.get("category_id")
-        if cid not in categories:
-            reject_box(f"unknown_category: {cid!r}")
-            continue
-        values = _box_values(ann.get("bbox"))
-        if values is None:
-            reject_box(f"invalid_box: bbox {ann.get('bbox')!r}")
-            continue
-        x, y, w, h = values
-        if w <= 0 or h <= 0:
-            reject_box(f"degenerate_box: w={w} h={h}")
-            continue
-        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
-        if x2 <= x1 or y2 <= y1:
-            reject_box(f"box_outside_image: [{x}, {y}, {w}, {h}] in {width}x{height}")
-            continue
-        if x < 0 or y < 0 or x + w > width or y + h > height:
-            counters["clipped_boxes"] += 1
-            x, y, w, h = x1, y1, x2 - x1, y2 - y1
-        iscrowd = ann.get("iscrowd", 0)
-        if iscrowd not in (0, 1):  # also accepts True/False
-            reject_box(f"invalid_box: iscrowd {iscrowd!r}")
-            continue
-        area = ann.get("area", w * h)
-        try:
-            area = float(area)
-        except (TypeError, ValueError):
-            area = math.nan
-        if not math.isfinite(area) or area < 0:
-            reject_box(f"invalid_box: area {ann.get('area')!r}")
-            continue
-        box = [float(v) for v in np.asarray([x, y, w, h], dtype=np.float32)]
-        kept.append((box, int(cid), int(iscrowd), float(np.float32(area)), int(aid)))
-
-    boxes, cats, crowd, areas, ann_ids = (
-        (list(col) for col in zip(*kept, strict=True)) if kept else ([], [], [], [], [])
+        return prefer_exif, True
+    if matches_exif or matches_raw:
+        return matches_exif, False
+    extra = f" (EXIF orientation {orientation})" if orientation != 1 else ""
+    raise _Rejected(
+        f"size_mismatch: annotation {size[0]}x{size[1]} vs image {raw_w}x{raw_h}{extra}"
     )
-    counters["images_kept"] = 1
-    counters["boxes"] = len(boxes)
-    counters["boxes_rejected"] = len(rejects)
-    counters["images_without_boxes"] = int(not boxes)
-    if strict:
-        raise_on_rejects(rejects, context=f"image {image_id} ({file_name})")
-    row = {
-        "image_id": image_id, "file_name": file_name, "width": width, "height": height,
-        "image": data, "exif_transpose": bool(exif_transpose), "mode": mode, "boxes": boxes,
-        "category_ids": cats, "iscrowd": crowd, "area": areas, "annotation_ids": ann_ids,
+
+
+def _box_columns(
+    anns: Sequence[Mapping[str, Any]],
+    image_id: int,
+    file_name: str,
+    size: tuple[int, int],
+    categories: set[int] | frozenset[int],
+) -> tuple[dict[str, list], list[dict[str, Any]], int]:
+    """``(columns, rejects, clipped)`` of an accepted image's annotations (in the given order).
+
+    ``columns``: the row's parallel lists boxes, category_ids, iscrowd, area, annotation_ids.
+    ``clipped`` counts every clipped box, also one rejected afterwards for its iscrowd or area.
+    """
+    columns: dict[str, list] = {
+        "boxes": [], "category_ids": [], "iscrowd": [], "area": [], "annotation_ids": []
     }  # fmt: skip
-    return row, rejects, counters
+    rejects: list[dict[str, Any]] = []
+    clipped = 0
+    for ann in anns:
+        try:
+            category = _annotation_category(ann, image_id, categories)
+            box, was_clipped = _clip_box(ann.get("bbox"), size)
+            clipped += was_clipped
+            iscrowd, area = _crowd_and_area(ann, box)
+        except _Rejected as exc:
+            rejects.append(make_reject("box", image_id, ann["id"], file_name, exc.reason))
+            continue
+        columns["boxes"].append([float(v) for v in np.asarray(box, dtype=np.float32)])
+        columns["category_ids"].append(category)
+        columns["iscrowd"].append(iscrowd)
+        columns["area"].append(area)
+        columns["annotation_ids"].append(int(ann["id"]))
+    return columns, rejects, clipped
+
+
+def _annotation_category(
+    ann: Mapping[str, Any], image_id: int, categories: set[int] | frozenset[int]
+) -> int:
+    """The annotation's category id; _Rejected when it names another image or an unknown
+    category."""
+    if ann.get("image_id", image_id) != image_id:
+        raise _Rejected(f"unknown_image: annotation names image {ann.get('image_id')!r}")
+    cid = ann.get("category_id")
+    if cid not in categories:
+        raise _Rejected(f"unknown_category: {cid!r}")
+    return int(cid)
+
+
+def _box_values(bbox: Any) -> list[float] | None:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return None
+    try:
+        values = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        return None
+    if isinstance(bbox[0], bool) or not all(math.isfinite(v) for v in values):
+        return None
+    return values
+
+
+def _clip_box(bbox: Any, size: tuple[int, int]) -> tuple[list[float], bool]:
+    """``([x, y, w, h] inside the image, whether it was clipped)`` for a COCO bbox in pixels;
+    _Rejected when malformed, degenerate (w or h <= 0) or entirely outside the image."""
+    values = _box_values(bbox)
+    if values is None:
+        raise _Rejected(f"invalid_box: bbox {bbox!r}")
+    x, y, w, h = values
+    if w <= 0 or h <= 0:
+        raise _Rejected(f"degenerate_box: w={w} h={h}")
+    width, height = size
+    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+    if x2 <= x1 or y2 <= y1:
+        raise _Rejected(f"box_outside_image: [{x}, {y}, {w}, {h}] in {width}x{height}")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        return [x1, y1, x2 - x1, y2 - y1], True
+    return [x, y, w, h], False
+
+
+def _crowd_and_area(ann: Mapping[str, Any], box: Sequence[float]) -> tuple[int, float]:
+    """``(iscrowd 0/1, area as a float32 value)``; a missing area is the (clipped) box's w*h.
+    _Rejected for an iscrowd other than 0/1 or a negative / non-finite area."""
+    iscrowd = ann.get("iscrowd", 0)
+    if iscrowd not in (0, 1):  # also accepts True/False
+        raise _Rejected(f"invalid_box: iscrowd {iscrowd!r}")
+    area = ann.get("area", box[2] * box[3])
+    try:
+        area = float(area)
+    except (TypeError, ValueError):
+        area = math.nan
+    if not math.isfinite(area) or area < 0:
+        raise _Rejected(f"invalid_box: area {ann.get('area')!r}")
+    return int(iscrowd), float(np.float32(area))

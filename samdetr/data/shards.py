@@ -12,9 +12,8 @@ removes it before shards are rewritten. Manifest keys (``schema_version`` 1)::
     source_sha256, config (plain dict), rejects [reject dicts, see samdetr.data.coco_rows],
     counters {name: int}
 
-Parquet layout: zstd for the small columns, NO compression (and no dictionary / statistics)
-for ``image``: it holds already-compressed JPEG/PNG bytes that zstd cannot shrink. Row groups
-hold about ``row_group_bytes`` (16 MiB) so random access reads little.
+:class:`ManifestContents` is what a writer supplies; the counts, columns and format are derived.
+The shard files themselves are planned and written by :mod:`samdetr.data.shard_writer`.
 """
 
 from __future__ import annotations
@@ -26,36 +25,35 @@ import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from numbers import Integral
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
-from samdetr.data.row_schema import ROW_COLUMNS, ROW_SCHEMA
+from samdetr.data.row_schema import ROW_COLUMNS
 from samdetr.data.storage import is_local, resolve_fs
 
 __all__ = [
     "MANIFEST_NAME",
     "SCHEMA_VERSION",
+    "ManifestContents",
     "ShardDataset",
     "clear_manifest",
     "iter_rows",
-    "plan_shards",
     "read_manifest",
-    "shard_file_name",
     "verify_shards",
+    "write_atomic",
     "write_manifest",
-    "write_shard",
 ]
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 FORMAT_NAME = "samdetr-coco-parquet"
-DEFAULT_TARGET_BYTES = 256 * 2**20
-DEFAULT_ROW_GROUP_BYTES = 16 * 2**20
+# The keys of a manifest's shard entry (what ``shard_writer.write_shard`` returns).
 _SHARD_KEYS = ("file", "rows", "boxes", "bytes", "sha256")
 
 
@@ -63,7 +61,7 @@ def _join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}" if base else name
 
 
-def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path``; atomically (temp + rename) on a local filesystem.
 
     On an object store a single upload is already all-or-nothing, and no folder is needed.
@@ -86,92 +84,6 @@ def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         raise
 
 
-def shard_file_name(split: str, index: int, count: int) -> str:
-    """``<split>-<index:05d>-of-<count:05d>.parquet`` (deterministic names)."""
-    if not split or "/" in split:
-        raise ValueError(f"split must be a non-empty name without '/', got {split!r}")
-    if not 0 <= index < count:
-        raise ValueError(f"shard index {index} out of range for {count} shards")
-    return f"{split}-{index:05d}-of-{count:05d}.parquet"
-
-
-def plan_shards(
-    row_sizes: Sequence[int], target_bytes: int = DEFAULT_TARGET_BYTES
-) -> list[list[int]]:
-    """Group row indices (kept in order) into consecutive shards of about ``target_bytes``.
-
-    Greedy: a shard is closed when adding the next row would pass the target, so every shard
-    but a single over-sized row stays within it. Deterministic; no empty shards.
-    """
-    if isinstance(target_bytes, bool) or not isinstance(target_bytes, int) or target_bytes <= 0:
-        raise ValueError(f"target_bytes must be a positive int, got {target_bytes!r}")
-    shards: list[list[int]] = []
-    current: list[int] = []
-    size = 0
-    for i, row_size in enumerate(row_sizes):
-        if isinstance(row_size, bool) or not isinstance(row_size, int) or row_size < 0:
-            raise ValueError(f"row_sizes[{i}] must be a non-negative int, got {row_size!r}")
-        if current and size + row_size > target_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append(i)
-        size += row_size
-    if current:
-        shards.append(current)
-    return shards
-
-
-def _leaf_paths(name: str, typ: pa.DataType) -> list[str]:
-    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
-        return _leaf_paths(f"{name}.list.{typ.value_field.name}", typ.value_type)
-    if pa.types.is_struct(typ):
-        return [p for f in typ for p in _leaf_paths(f"{name}.{f.name}", f.type)]
-    return [name]
-
-
-def write_shard(
-    table: pa.Table,
-    path: str | os.PathLike[str],
-    fs: pafs.FileSystem | None = None,
-    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
-) -> dict[str, Any]:
-    """Write ``table`` (exactly ROW_SCHEMA) as one Parquet file.
-
-    Returns ``{"file": base name, "rows", "boxes", "bytes", "sha256"}`` for the manifest.
-    The file is built in memory, hashed and written (atomically on a local filesystem).
-    """
-    if not isinstance(table, pa.Table):
-        raise TypeError(f"write_shard expects a pyarrow.Table, got {type(table).__name__}")
-    if not table.schema.equals(ROW_SCHEMA):
-        raise ValueError(
-            f"table schema differs from ROW_SCHEMA (use coco_rows.rows_to_table):\n{table.schema}"
-        )
-    fs, path = resolve_fs(path, fs)
-    per_row = max(1, table.nbytes // max(1, table.num_rows))
-    rows_per_group = max(1, min(table.num_rows, row_group_bytes // per_row))
-    compression = {p: "zstd" for f in ROW_SCHEMA for p in _leaf_paths(f.name, f.type)}
-    compression["image"] = "none"
-    sink = pa.BufferOutputStream()
-    pq.write_table(
-        table,
-        sink,
-        row_group_size=rows_per_group,
-        compression=compression,
-        use_dictionary=["file_name", "mode"],
-        write_statistics=[c for c in compression if c != "image"],
-    )
-    data = sink.getvalue().to_pybytes()
-    _write_bytes(fs, path, data)
-    boxes = table.column("category_ids").combine_chunks()
-    return {
-        "file": path.rsplit("/", 1)[-1],
-        "rows": table.num_rows,
-        "boxes": len(boxes.values) if table.num_rows else 0,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-
-
 def clear_manifest(shard_dir: str | os.PathLike[str], fs: pafs.FileSystem | None = None) -> bool:
     """Delete ``manifest.json`` (call before (re)writing shards); True if one existed."""
     fs, base = resolve_fs(shard_dir, fs)
@@ -182,61 +94,97 @@ def clear_manifest(shard_dir: str | os.PathLike[str], fs: pafs.FileSystem | None
     return True
 
 
-def write_manifest(
-    shard_dir: str | os.PathLike[str],
-    *,
-    split: str,
-    shards: Sequence[Mapping[str, Any]],
-    categories: Sequence[Mapping[str, Any]],
-    num_classes: int,
-    source_sha256: str,
-    config: Mapping[str, Any],
-    rejects: Sequence[Mapping[str, Any]],
-    counters: Mapping[str, int],
-    fs: pafs.FileSystem | None = None,
-    created_at: str | None = None,
-) -> dict[str, Any]:
-    """Write ``manifest.json`` (call it LAST, after every shard) and return it.
+@dataclass(frozen=True)
+class ManifestContents:
+    """What a shard set's manifest records; the rest (counts, columns, format) is derived.
 
-    ``shards``: :func:`write_shard` results in order. ``config``/``rejects``/``counters`` must
-    be JSON-serialisable. The returned dict also has ``"root"`` (the folder; not stored).
+    ``split``: the set's name. ``shards``: ``write_shard`` entries ``{file, rows, boxes, bytes,
+    sha256}`` in order (other keys are dropped). ``categories``: ``[{id, name,
+    supercategory}]``; ``num_classes``: K, larger than every category id. ``source_sha256``:
+    of the annotation file. ``config``: the run's settings; ``rejects``: reject dicts;
+    ``counters``: ``{name: int}`` (all three JSON-serialisable). ``created_at``: ISO-8601 UTC,
+    None for the time of writing.
     """
-    if not split or not isinstance(split, str):
-        raise ValueError(f"split must be a non-empty string, got {split!r}")
-    entries = []
+
+    split: str
+    shards: Sequence[Mapping[str, Any]]
+    categories: Sequence[Mapping[str, Any]]
+    num_classes: int
+    source_sha256: str
+    config: Mapping[str, Any]
+    rejects: Sequence[Mapping[str, Any]]
+    counters: Mapping[str, int]
+    created_at: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.split or not isinstance(self.split, str):
+            raise ValueError(f"split must be a non-empty string, got {self.split!r}")
+        _check_shard_entries(self.shards)
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, Integral):
+            raise TypeError(f"num_classes must be an int, got {self.num_classes!r}")
+        cat_ids = [int(c["id"]) for c in self.categories]
+        if cat_ids and self.num_classes <= max(cat_ids):
+            raise ValueError(f"num_classes {self.num_classes} must exceed the largest category id")
+        expected = {"source_sha256": str, "config": Mapping, "counters": Mapping}
+        for name, kind in expected.items():
+            if not isinstance(getattr(self, name), kind):
+                got = type(getattr(self, name)).__name__
+                raise TypeError(f"{name} must be a {kind.__name__}, got {got}")
+        if self.created_at is not None and not isinstance(self.created_at, str):
+            raise TypeError(f"created_at must be an ISO-8601 string or None: {self.created_at!r}")
+
+
+def _check_shard_entries(shards: Sequence[Mapping[str, Any]]) -> None:
+    """ValueError unless every entry has the shard keys and the file names are distinct."""
     for i, shard in enumerate(shards):
         missing = [k for k in _SHARD_KEYS if k not in shard]
         if missing:
             raise ValueError(f"shards[{i}] lacks {missing} (pass write_shard's return values)")
-        entries.append({k: shard[k] for k in _SHARD_KEYS})
-    names = [e["file"] for e in entries]
+    names = [shard["file"] for shard in shards]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate shard file names: {names}")
-    cat_ids = [int(c["id"]) for c in categories]
-    if cat_ids and num_classes <= max(cat_ids):
-        raise ValueError(f"num_classes {num_classes} must exceed the largest category id")
-    manifest: dict[str, Any] = {
+
+
+def _manifest_dict(contents: ManifestContents) -> dict[str, Any]:
+    """The manifest as stored: ``contents`` plus the derived keys, in the documented order."""
+    entries = [{k: shard[k] for k in _SHARD_KEYS} for shard in contents.shards]
+    created_at = contents.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {
         "schema_version": SCHEMA_VERSION,
         "format": FORMAT_NAME,
-        "split": split,
-        "created_at": created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "split": contents.split,
+        "created_at": created_at,
         "num_rows": sum(int(e["rows"]) for e in entries),
         "num_boxes": sum(int(e["boxes"]) for e in entries),
-        "num_classes": int(num_classes),
-        "categories": [dict(c) for c in categories],
+        "num_classes": int(contents.num_classes),
+        "categories": [dict(c) for c in contents.categories],
         "columns": list(ROW_COLUMNS),
         "shards": entries,
-        "source_sha256": source_sha256,
-        "config": dict(config),
-        "rejects": [dict(r) for r in rejects],
-        "counters": {str(k): int(v) for k, v in counters.items()},
+        "source_sha256": contents.source_sha256,
+        "config": dict(contents.config),
+        "rejects": [dict(r) for r in contents.rejects],
+        "counters": {str(k): int(v) for k, v in contents.counters.items()},
     }
+
+
+def write_manifest(
+    shard_dir: str | os.PathLike[str],
+    contents: ManifestContents,
+    fs: pafs.FileSystem | None = None,
+) -> dict[str, Any]:
+    """Write ``manifest.json`` (call it LAST, after every shard) and return it.
+
+    The returned dict also has ``"root"`` (``shard_dir`` as given; not stored).
+    """
+    if not isinstance(contents, ManifestContents):
+        raise TypeError(f"contents must be a ManifestContents, got {type(contents).__name__}")
+    manifest = _manifest_dict(contents)
     try:
         text = json.dumps(manifest, indent=1, sort_keys=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"manifest is not JSON-serialisable (check config/rejects): {exc}") from exc
     fs, base = resolve_fs(shard_dir, fs)
-    _write_bytes(fs, _join(base, MANIFEST_NAME), text.encode())
+    write_atomic(fs, _join(base, MANIFEST_NAME), text.encode())
     manifest["root"] = os.fspath(shard_dir)
     return manifest
 

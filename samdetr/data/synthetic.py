@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,28 +80,70 @@ def _shape_mask(shape: str, box: tuple[int, int, int, int], size: tuple[int, int
     return np.asarray(mask) > 0
 
 
-def _draw_image(rng, width, height, num_classes, classes, max_objects, object_size, min_visible):
+@dataclass(frozen=True)
+class _Settings:
+    """How the images of a data set look; the keyword arguments of :func:`make_synthetic_coco`
+    (documented there), checked on construction."""
+
+    image_size: tuple[int, int]
+    classes: tuple[str, ...]
+    category_ids: tuple[int, ...]
+    max_objects: int
+    object_size: tuple[float, float]
+    min_visible: float
+    image_format: str
+    jpeg_quality: int
+
+    def __post_init__(self) -> None:
+        low, high = self.image_size
+        if not 16 <= low <= high:
+            raise ValueError(
+                f"image_size must be (min, max) with 16 <= min <= max, got {self.image_size}"
+            )
+        classes, ids = self.classes, self.category_ids
+        unknown = [c for c in classes if c not in SHAPES]
+        if not classes or unknown or len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be distinct names from {SHAPES}, got {classes}")
+        if not 1 <= self.max_objects <= len(PALETTE):
+            raise ValueError(f"max_objects must be in [1, {len(PALETTE)}], got {self.max_objects}")
+        if len(ids) != len(classes) or len(set(ids)) != len(ids) or min(ids) < 1:
+            raise ValueError(
+                f"category_ids must be {len(classes)} distinct ids >= 1, got {list(ids)}"
+            )
+        if not 0.0 < self.object_size[0] <= self.object_size[1] <= 1.0:
+            raise ValueError(
+                f"object_size must be (min, max) fractions in (0, 1], got {self.object_size}"
+            )
+        if not 0.0 < self.min_visible <= 1.0:
+            raise ValueError(f"min_visible must be in (0, 1], got {self.min_visible}")
+        if self.image_format not in ("jpg", "png"):
+            raise ValueError(f"image_format must be 'jpg' or 'png', got {self.image_format!r}")
+
+
+def _draw_image(
+    rng: np.random.Generator, width: int, height: int, settings: _Settings
+) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int], np.ndarray]]]:
     """Render one image; returns ``(pixels (H, W, 3) uint8, objects)`` with objects as
-    ``(class_index, colour, visible_mask)``."""
+    ``(class_index, colour, visible_mask (H, W) bool)``."""
     pixels = _background(rng, width, height)
     owner = np.zeros((height, width), dtype=np.int16)  # 0 = background, k = k-th object
     drawn: list[tuple[int, tuple[int, int, int], int]] = []  # class, colour, full pixel count
-    wanted = int(rng.integers(1, max_objects + 1))
+    wanted = int(rng.integers(1, settings.max_objects + 1))
     colours = rng.permutation(len(PALETTE))[:wanted]
     short = min(width, height)
     for colour_index in colours:
         for _ in range(20):  # placement attempts
-            side = int(round(rng.uniform(*object_size) * short))
+            side = int(round(rng.uniform(*settings.object_size) * short))
             side = max(6, min(side, width, height))
             x0 = int(rng.integers(0, width - side + 1))
             y0 = int(rng.integers(0, height - side + 1))
-            cls = int(rng.integers(0, num_classes))
+            cls = int(rng.integers(0, len(settings.classes)))
             mask = _shape_mask(
-                classes[cls], (x0, y0, x0 + side - 1, y0 + side - 1), (width, height)
+                settings.classes[cls], (x0, y0, x0 + side - 1, y0 + side - 1), (width, height)
             )
             covered = np.bincount(owner[mask], minlength=len(drawn) + 1)[1:]
             left = np.bincount(owner.ravel(), minlength=len(drawn) + 1)[1:] - covered
-            if all(left[k] >= min_visible * drawn[k][2] for k in range(len(drawn))):
+            if all(left[k] >= settings.min_visible * drawn[k][2] for k in range(len(drawn))):
                 break
         else:
             continue  # no placement leaves every earlier object visible enough: skip this one
@@ -110,6 +153,68 @@ def _draw_image(rng, width, height, num_classes, classes, max_objects, object_si
         drawn.append((cls, colour, int(mask.sum())))
     objects = [(cls, colour, owner == k + 1) for k, (cls, colour, _) in enumerate(drawn)]
     return pixels, objects
+
+
+def _save_image(pixels: np.ndarray, path: Path, settings: _Settings) -> None:
+    if settings.image_format == "jpg":
+        Image.fromarray(pixels).save(path, quality=settings.jpeg_quality)
+    else:
+        Image.fromarray(pixels).save(path, compress_level=1)
+
+
+def _annotation(
+    ann_id: int, image_id: int, category_id: int, colour: tuple[int, int, int], visible: np.ndarray
+) -> dict:
+    """The COCO annotation of one object: ``bbox`` tight around its ``visible`` (H, W) mask."""
+    rows, cols = np.nonzero(visible.any(axis=1))[0], np.nonzero(visible.any(axis=0))[0]
+    x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+        "area": float(visible.sum()),
+        "iscrowd": 0,
+        "color": list(colour),
+    }
+
+
+def _render_images(
+    image_dir: Path, num_images: int, seed: int, settings: _Settings
+) -> tuple[list[dict], list[dict]]:
+    """Draw and save every image; returns the COCO ``(images, annotations)`` lists."""
+    low, high = settings.image_size
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        rng = np.random.default_rng([seed, image_id])
+        width, height = (int(v) for v in rng.integers(low, high + 1, size=2))
+        pixels, objects = _draw_image(rng, width, height, settings)
+        file_name = f"{image_id:06d}.{settings.image_format}"
+        _save_image(pixels, image_dir / file_name, settings)
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for cls, colour, visible in objects:
+            category = settings.category_ids[cls]
+            ann_id = len(annotations) + 1
+            annotations.append(_annotation(ann_id, image_id, category, colour, visible))
+    return images, annotations
+
+
+def _write_annotations(
+    path: Path, seed: int, images: list[dict], annotations: list[dict], settings: _Settings
+) -> None:
+    """The COCO instances file (compact JSON, so the same inputs give the same bytes)."""
+    categories = [
+        {"id": cid, "name": name, "supercategory": "shape"}
+        for cid, name in zip(settings.category_ids, settings.classes, strict=True)
+    ]
+    document = {
+        "info": {"description": "samdetr synthetic shapes", "version": "1.0", "seed": seed},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    path.write_text(json.dumps(document, separators=(",", ":")) + "\n")
 
 
 def make_synthetic_coco(
@@ -149,75 +254,27 @@ def make_synthetic_coco(
         raise ValueError(f"num_images must be a positive int, got {num_images!r}")
     if not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    low, high = image_size
-    if not 16 <= low <= high:
-        raise ValueError(f"image_size must be (min, max) with 16 <= min <= max, got {image_size}")
     classes = tuple(classes)
-    unknown = [c for c in classes if c not in SHAPES]
-    if not classes or unknown or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be distinct names from {SHAPES}, got {classes}")
-    if not 1 <= max_objects <= len(PALETTE):
-        raise ValueError(f"max_objects must be in [1, {len(PALETTE)}], got {max_objects}")
-    ids = list(category_ids) if category_ids is not None else default_category_ids(len(classes))
-    if len(ids) != len(classes) or len(set(ids)) != len(ids) or min(ids) < 1:
-        raise ValueError(f"category_ids must be {len(classes)} distinct ids >= 1, got {ids}")
-    if not 0.0 < object_size[0] <= object_size[1] <= 1.0:
-        raise ValueError(f"object_size must be (min, max) fractions in (0, 1], got {object_size}")
-    if not 0.0 < min_visible <= 1.0:
-        raise ValueError(f"min_visible must be in (0, 1], got {min_visible}")
-    if image_format not in ("jpg", "png"):
-        raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+    ids = category_ids if category_ids is not None else default_category_ids(len(classes))
+    settings = _Settings(
+        image_size=image_size, classes=classes, category_ids=tuple(ids),
+        max_objects=max_objects, object_size=object_size, min_visible=min_visible,
+        image_format=image_format, jpeg_quality=jpeg_quality,
+    )  # fmt: skip
 
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for image_id in range(1, int(num_images) + 1):
-        rng = np.random.default_rng([seed, image_id])
-        width, height = (int(v) for v in rng.integers(low, high + 1, size=2))
-        pixels, objects = _draw_image(
-            rng, width, height, len(classes), classes, max_objects, object_size, min_visible
-        )
-        file_name = f"{image_id:06d}.{image_format}"
-        if image_format == "jpg":
-            Image.fromarray(pixels).save(image_dir / file_name, quality=jpeg_quality)
-        else:
-            Image.fromarray(pixels).save(image_dir / file_name, compress_level=1)
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for cls, colour, visible in objects:
-            rows, cols = np.nonzero(visible.any(axis=1))[0], np.nonzero(visible.any(axis=0))[0]
-            x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": ids[cls],
-                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                    "area": float(visible.sum()),
-                    "iscrowd": 0,
-                    "color": list(colour),
-                }
-            )
-    categories = [
-        {"id": cid, "name": name, "supercategory": "shape"}
-        for cid, name in zip(ids, classes, strict=True)
-    ]
-    document = {
-        "info": {"description": "samdetr synthetic shapes", "version": "1.0", "seed": seed},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
+    images, annotations = _render_images(image_dir, int(num_images), seed, settings)
     annotation_file = out_dir / "annotations.json"
-    annotation_file.write_text(json.dumps(document, separators=(",", ":")) + "\n")
+    _write_annotations(annotation_file, seed, images, annotations, settings)
     return {
         "annotation_file": str(annotation_file),
         "image_dir": str(image_dir),
         "num_images": len(images),
         "num_annotations": len(annotations),
-        "categories": dict(zip(ids, classes, strict=True)),
-        "num_classes": max(ids) + 1,
+        "categories": dict(zip(settings.category_ids, classes, strict=True)),
+        "num_classes": max(settings.category_ids) + 1,
     }
 
 
@@ -228,7 +285,8 @@ def write_synthetic_shards(
     """A synthetic data set (:func:`make_synthetic_coco` into ``data_dir``, ``options`` passed
     on) written as a shard set into ``shard_dir`` in this process, without Ray; returns the
     manifest. For tests and benchmarks; ``pipelines.preprocess`` is the parallel route."""
-    from samdetr.data.coco_rows import load_annotations, local_reader
+    from samdetr.data.coco_rows import local_reader
+    from samdetr.data.coco_source import load_annotations
     from samdetr.data.shard_writer import write_shard_set
     from samdetr.data.storage import resolve_fs
 

@@ -1,4 +1,4 @@
-"""DETR's data augmentation as composable transforms seeded by the caller, and image decoding.
+"""DETR's data augmentation as composable transforms seeded by the caller.
 
 Every transform is called as ``transform(image, target, generator=None)`` and returns
 ``(image, target)``:

@@ -13,6 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,31 +52,70 @@ def _standin_batch(device: torch.device) -> Batch:
     return images, mask, [target]
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How :func:`train_one_epoch` takes its steps.
+
+    ``clip_max_norm``: gradient-norm clipping (0: off; the official recipe uses 0.1).
+    ``autocast_dtype``: e.g. ``torch.bfloat16`` on GPU; ``None`` computes in float32.
+    ``world_reduce``: for data-parallel training, the mean of a tensor over all workers (e.g.
+    :func:`samdetr.model.criterion.distributed_mean`); ``None`` for one process. Every step, one
+    call averages the box-count normaliser and tells whether any worker still has a batch.
+    Workers may hold different numbers of batches: one that has run out takes zero-weight steps
+    on a stand-in batch until all have, so DDP's gradient all-reduce stays in step and the
+    gradients are exactly those of the workers with data.
+    ``on_step``: called every ``log_every`` steps (and after the last) as ``on_step(step,
+    values)`` with ``step`` counted from 1 in this epoch and ``values`` the weighted ``loss``,
+    :data:`LOGGED_TERMS`, ``lr`` (first group), ``lr_backbone`` and ``grad_norm`` of that step.
+    Reading values syncs the GPU, so it is done only then.
+    """
+
+    clip_max_norm: float = 0.1
+    autocast_dtype: torch.dtype | None = None
+    world_reduce: Callable[[Tensor], Tensor] | None = None
+    on_step: Callable[[int, dict[str, float]], None] | None = None
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.log_every, bool) or not isinstance(self.log_every, int) \
+                or self.log_every < 1:
+            raise ValueError(f"log_every must be an integer >= 1, got {self.log_every!r}")
+        if not isinstance(self.clip_max_norm, (int, float)) or not self.clip_max_norm >= 0:
+            raise ValueError(f"clip_max_norm must be a number >= 0, got {self.clip_max_norm!r}")
+
+
+@dataclass
+class _Tally:
+    """This worker's running sums over an epoch, and the last step not yet reported."""
+
+    sums: Tensor
+    steps: int = 0
+    own_batches: int = 0
+    images: int = 0
+    last: dict[str, Tensor] | None = None
+
+    def add(self, images: int, total: Tensor, losses: Mapping[str, Tensor],
+            grad_norm: Tensor) -> None:
+        self.own_batches += 1
+        self.images += images
+        values = torch.stack([total.detach()] + [losses[k].detach() for k in LOGGED_TERMS])
+        self.sums += values.double()
+        self.last = {"values": values, "grad_norm": grad_norm.detach()}
+
+    def means(self) -> dict[str, float]:
+        means = (self.sums / max(self.own_batches, 1)).tolist()
+        return dict(zip(("loss", *LOGGED_TERMS), means, strict=True))
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: SetCriterion,
     optimizer: torch.optim.Optimizer,
     batches: Iterable[Batch],
     device: torch.device,
-    clip_max_norm: float = 0.1,
-    autocast_dtype: torch.dtype | None = None,
-    world_reduce: Callable[[Tensor], Tensor] | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    log_every: int = 10,
+    options: StepOptions | None = None,
 ) -> dict[str, float]:
-    """Train over ``batches`` once.
-
-    Args:
-        world_reduce: for data-parallel training, the mean of a tensor over all workers (e.g.
-            :func:`samdetr.model.criterion.distributed_mean`); ``None`` for one process. Every step,
-            one call averages the box-count normaliser and tells whether any worker still has
-            a batch. Workers may hold different numbers of batches: one that has run out takes
-            zero-weight steps on a stand-in batch until all have, so DDP's gradient all-reduce
-            stays in step and the gradients are exactly those of the workers with data.
-        on_step: called every ``log_every`` steps (and after the last) as
-            ``on_step(step, values)`` with ``step`` counted from 1 in this epoch and ``values`` the
-            weighted ``loss``, :data:`LOGGED_TERMS`, ``lr`` (first group), ``lr_backbone`` and
-            ``grad_norm`` of that step. Reading values syncs the GPU, so it is done only then.
+    """Train over ``batches`` once, each step as ``options`` (:class:`StepOptions`) say.
 
     Returns:
         ``loss`` and :data:`LOGGED_TERMS` averaged over this worker's batches, plus ``steps``
@@ -85,63 +125,70 @@ def train_one_epoch(
     Raises:
         FloatingPointError: when the loss becomes NaN or infinite (training cannot recover).
     """
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {log_every}")
+    options = options or StepOptions()
     model.train()
     criterion.train()
-    sums = torch.zeros(len(LOGGED_TERMS) + 1, dtype=torch.float64, device=device)
-    steps = own_batches = images_seen = 0
+    tally = _Tally(torch.zeros(len(LOGGED_TERMS) + 1, dtype=torch.float64, device=device))
     start = time.perf_counter()
-    last: dict[str, Tensor] | None = None
     source = iter(batches)
     while True:
         batch = next(source, None)
-        if world_reduce is None:
+        if options.world_reduce is None:
             if batch is None:
                 break
             num_boxes = num_boxes_for(batch[2], device)
         else:
-            num_boxes, anyone_has_data = _agree(batch, device, world_reduce)
+            num_boxes, anyone_has_data = _agree(batch, device, options.world_reduce)
             if not anyone_has_data:
                 break
         own = batch is not None
         images, mask, targets = batch if own else _standin_batch(device)
-        images = images.to(device, non_blocking=True)
-        mask = mask.to(device, non_blocking=True)
-        targets = _to_device(targets, device)
-        with autocast_context(device, autocast_dtype):
-            outputs = model(images, mask)
-        # The criterion computes in float32 whatever the autocast dtype of the outputs.
-        losses = criterion(outputs, targets, num_boxes)
-        total = criterion.weighted_total(losses)
-        optimizer.zero_grad(set_to_none=True)
-        # A stand-in step contributes zero gradients but takes part in DDP's all-reduce.
-        (total if own else total * 0.0).backward()
-        if clip_max_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-        else:
-            grad_norm = torch.zeros((), device=device)
-        optimizer.step()
-
-        steps += 1
+        total, losses, grad_norm = _step(
+            model, criterion, optimizer, (images, mask, targets), num_boxes, own, options,
+        )
+        tally.steps += 1
         if own:
-            own_batches += 1
-            images_seen += images.shape[0]
-            values = torch.stack([total.detach()] + [losses[k].detach() for k in LOGGED_TERMS])
-            sums += values.double()
-            last = {"values": values, "grad_norm": grad_norm.detach()}
-        if steps % log_every == 0 and last is not None:
-            _report(steps, last, optimizer, on_step)
-            last = None
-    if last is not None:
-        _report(steps, last, optimizer, on_step)
-    means = (sums / max(own_batches, 1)).tolist()
-    out = dict(zip(("loss", *LOGGED_TERMS), means, strict=True))
-    out.update(
-        steps=steps, batches=own_batches, images=images_seen,
-        seconds=time.perf_counter() - start,
-    )
-    return out
+            tally.add(images.shape[0], total, losses, grad_norm)
+        if tally.steps % options.log_every == 0 and tally.last is not None:
+            _report(tally.steps, tally.last, optimizer, options.on_step)
+            tally.last = None
+    if tally.last is not None:
+        _report(tally.steps, tally.last, optimizer, options.on_step)
+    return {
+        **tally.means(), "steps": tally.steps, "batches": tally.own_batches,
+        "images": tally.images, "seconds": time.perf_counter() - start,
+    }
+
+
+def _step(
+    model: nn.Module,
+    criterion: SetCriterion,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    num_boxes: Tensor,
+    own: bool,
+    options: StepOptions,
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """One optimizer step; returns the weighted loss, the loss terms and the gradient norm."""
+    device = num_boxes.device
+    images, mask, targets = batch
+    images = images.to(device, non_blocking=True)
+    mask = mask.to(device, non_blocking=True)
+    targets = _to_device(targets, device)
+    with autocast_context(device, options.autocast_dtype):
+        outputs = model(images, mask)
+    # The criterion computes in float32 whatever the autocast dtype of the outputs.
+    losses = criterion(outputs, targets, num_boxes)
+    total = criterion.weighted_total(losses)
+    optimizer.zero_grad(set_to_none=True)
+    # A stand-in step contributes zero gradients but takes part in DDP's all-reduce.
+    (total if own else total * 0.0).backward()
+    if options.clip_max_norm > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip_max_norm)
+    else:
+        grad_norm = torch.zeros((), device=device)
+    optimizer.step()
+    return total, losses, grad_norm
 
 
 def _agree(

@@ -86,11 +86,8 @@ class SAMDETR(nn.Module):
         features, feature_mask = self.backbone(images, mask)
         pos = self.position_encoding(feature_mask).to(features.dtype)
         src = self.input_proj(features)
-        # The plain (math) attention kernel on every device, as DETR's own softmax attention.
-        # PyTorch's fused kernels returned NaN gradients with padding masks: the CPU flash
-        # kernel in `make demo` (torch 2.14.1), CUDA's memory-efficient (fp32) and cuDNN (bf16)
-        # kernels in the encoder on an H100 (torch 2.11, bench/gpu_check.py), after a gradient
-        # spike, with finite forward outputs (pytorch/pytorch#178251 describes the same).
+        # Attention on the plain (math) SDPA kernel on every device: the fused kernels' backward
+        # gives NaN gradients with padding masks (docs/performance.md, "Attention kernel").
         with sdpa_kernel([SDPBackend.MATH]):
             hidden, boxes, points = self.transformer(
                 src, feature_mask, pos, self.reference_boxes.weight

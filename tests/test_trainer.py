@@ -1,0 +1,44 @@
+"""The trainer of a run is built in one place: its run config and what crosses into workers."""
+
+from __future__ import annotations
+
+import pytest
+from train_case import tiny_settings
+
+from pipelines.train_settings import TrainSettings
+from pipelines.trainer import TrainJob, build_trainer, run_config
+
+
+@pytest.fixture
+def settings(tmp_path) -> TrainSettings:
+    plain = tiny_settings(str(tmp_path / "t"), str(tmp_path / "v"), str(tmp_path / "ray"),
+                          "trainer-test", epochs=2)
+    return TrainSettings.from_dict(plain).resolved()
+
+
+def test_the_job_round_trips_through_the_loop_config(settings):
+    job = TrainJob("abc", "http://mlflow:5000", [{"id": 1, "name": "a"}], "clock-x")
+    config = job.loop_config(settings)
+    assert TrainSettings.from_dict(config["settings"]) == settings
+    assert TrainJob(**{k: v for k, v in config.items() if k != "settings"}) == job
+    assert len(job.fit_id) == 32 and TrainJob(None, None, [], "c").fit_id != job.fit_id
+
+
+def test_run_config_names_the_run_and_carries_extra_callbacks(settings):
+    from ray.train import UserCallback
+
+    class Seen(UserCallback):
+        pass
+
+    config = run_config(settings, callbacks=[Seen()])
+    assert config.name == "trainer-test"
+    assert config.storage_path == settings.trainer.storage_path
+    assert config.failure_config.max_failures == settings.trainer.max_failures
+    assert config.checkpoint_config.checkpoint_score_attribute == "AP"
+    assert [type(c).__name__ for c in config.callbacks] == ["Seen"]
+
+
+def test_callbacks_and_a_whole_run_config_are_not_both_taken(settings):
+    job = TrainJob(None, None, [], "clock")
+    with pytest.raises(ValueError, match="callbacks inside the run config"):
+        build_trainer(settings, job, callbacks=[object()], config=run_config(settings))
