@@ -37,7 +37,7 @@ from samdetr.data.coco_rows import local_reader
 from samdetr.data.coco_source import load_annotations
 from samdetr.data.loader import RowDecoder
 from samdetr.data.samplers import BlockShuffleSampler, EpochSampler
-from samdetr.data.shard_writer import write_shard_set
+from samdetr.data.shard_writer import ShardSetOptions, write_shard_set
 from samdetr.data.shards import ShardDataset
 from samdetr.data.storage import resolve_fs
 from samdetr.data.transforms import (
@@ -84,7 +84,7 @@ def write_shards(data: Path, out: Path, **kwargs) -> Path:
         lambda name: (data / "images" / name).stat().st_size,
         root,
         fs,
-        **kwargs,
+        ShardSetOptions(**kwargs),
     )
     return out
 

@@ -10,7 +10,7 @@ from samdetr.data.coco_rows import local_reader
 from samdetr.data.coco_source import load_annotations
 from samdetr.data.loader import RowDecoder, build_loader, collate, set_epoch
 from samdetr.data.samplers import EpochSampler
-from samdetr.data.shard_writer import write_shard_set
+from samdetr.data.shard_writer import ShardSetOptions, write_shard_set
 from samdetr.data.shards import ShardDataset
 from samdetr.data.storage import resolve_fs
 from samdetr.data.transforms import eval_transforms, train_transforms
@@ -32,7 +32,7 @@ def shard_dir(coco128_dir, tmp_path_factory):
         sizes.__getitem__,
         out,
         fs,
-        target_bytes=sum(sizes.values()) // 3,
+        ShardSetOptions(target_bytes=sum(sizes.values()) // 3),
     )
     assert len(manifest["shards"]) >= 3
     return root / "shards"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -195,34 +195,49 @@ def combine(
     return [dict(r["shard"]) for r in ordered], rejects, counters
 
 
+@dataclass(frozen=True)
+class ShardSetOptions:
+    """How :func:`write_shard_set` cuts and records a shard set.
+
+    ``split``: the manifest's split name. ``target_bytes``: encoded image bytes per shard.
+    ``config``: recorded in the manifest as the preprocessing settings. ``prefer_exif``: when a
+    photo's stored size matches both its raw and its EXIF-rotated size, apply the EXIF
+    orientation.
+    """
+
+    split: str = "train"
+    target_bytes: int = DEFAULT_TARGET_BYTES
+    config: Mapping[str, Any] = field(default_factory=dict)
+    prefer_exif: bool = True
+
+
 def write_shard_set(
     source: CocoSource,
     read_bytes: Callable[[str], bytes],
     file_size: Callable[[str], int],
     shard_dir: str,
     fs: pafs.FileSystem,
-    split: str = "train",
-    target_bytes: int = DEFAULT_TARGET_BYTES,
-    config: Mapping[str, Any] | None = None,
-    prefer_exif: bool = True,
+    options: ShardSetOptions | None = None,
 ) -> dict[str, Any]:
     """The whole shard set in this process (no Ray): shards, then the manifest; returns it.
 
     The same plan and shard work as the Ray Data pipeline, one shard after another.
     """
+    options = options or ShardSetOptions()
     fs.create_dir(shard_dir, recursive=True)
-    tasks = plan_tasks(source, file_size, split, target_bytes)
+    tasks = plan_tasks(source, file_size, options.split, options.target_bytes)
     results = [
-        build_shard(t, read_bytes, source.category_ids, shard_dir, fs, prefer_exif) for t in tasks
+        build_shard(t, read_bytes, source.category_ids, shard_dir, fs, options.prefer_exif)
+        for t in tasks
     ]
     shards, rejects, counters = combine(results, source.rejects)
     contents = ManifestContents(
-        split=split,
+        split=options.split,
         shards=shards,
         categories=source.categories,
         num_classes=source.num_classes,
         source_sha256=source.source_sha256,
-        config=dict(config or {}),
+        config=dict(options.config),
         rejects=rejects,
         counters=counters,
     )

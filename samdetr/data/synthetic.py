@@ -287,7 +287,7 @@ def write_synthetic_shards(
     manifest. For tests and benchmarks; ``pipelines.preprocess`` is the parallel route."""
     from samdetr.data.coco_rows import local_reader
     from samdetr.data.coco_source import load_annotations
-    from samdetr.data.shard_writer import write_shard_set
+    from samdetr.data.shard_writer import ShardSetOptions, write_shard_set
     from samdetr.data.storage import resolve_fs
 
     data_dir = Path(data_dir)
@@ -297,5 +297,5 @@ def write_synthetic_shards(
         load_annotations(data_dir / "annotations.json"),
         local_reader(data_dir / "images"),
         lambda name: (data_dir / "images" / name).stat().st_size,
-        out, fs, split=split,
+        out, fs, ShardSetOptions(split=split),
     )
