@@ -43,6 +43,7 @@ import operator
 import os
 import time
 import uuid
+import warnings
 from typing import Any
 
 import numpy as np
@@ -316,7 +317,9 @@ class EveryImageDataConfig(DataConfig):
             if dataset.name is None:
                 dataset.set_name(name)
             dataset = ray.data.Dataset.copy(dataset, _deep_copy=True)  # leave the caller's alone
-            options = self.default_ingest_options()
+            with warnings.catch_warnings():  # Ray 2.60's own default sets a deprecated field
+                warnings.filterwarnings("ignore", message=".*exclude_resources")
+                options = self.default_ingest_options()
             options.preserve_order = True
             dataset.context.execution_options = options
             splits = dataset.streaming_split(

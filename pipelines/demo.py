@@ -1,11 +1,12 @@
 """`make demo`: the whole pipeline on the embedded defaults, in one process.
 
-    python -m pipelines.demo [--out outputs/demo] [--epochs 20] [--train-images 160]
+    python -m pipelines.demo [--out outputs/demo] [--epochs 20] [--train-images 160] [--verbose]
 
 Synthetic data (3 shape classes) -> Parquet shards with Ray Data -> SAM-DETR (small ResNet-18
 model) trained by Ray Train with 2 CPU workers -> COCO evaluation every epoch -> an MLflow run
 in ``<out>/mlflow.db`` with metrics, the convergence plot, prediction pictures and the model.
 Re-running resumes the same run (finished epochs are not trained again); ``--fresh`` starts over.
+``--verbose`` shows Ray's own INFO logs and progress output as well (see docs/training.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def _settings(out: Path, epochs: int, workers: int):
+def _settings(out: Path, epochs: int, workers: int, verbose: bool = False):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -38,6 +39,7 @@ def _settings(out: Path, epochs: int, workers: int):
         "tracking.experiment=samdetr-demo",
         "tracking.registered_model=sam-detr-demo",
         "tracking.alias=candidate",
+        f"trainer.verbose={str(verbose).lower()}",
     ]
     register_defaults()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-images", type=int, default=160)
     parser.add_argument("--val-images", type=int, default=40)
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own INFO logs and progress output too")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded Ray: no token needed
     out = args.out.resolve()
@@ -60,13 +64,12 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(out)
     start = time.perf_counter()
 
-    import ray
-
     from pipelines import make_synthetic
+    from pipelines.console import connect
     from pipelines.preprocess import PreprocessConfig, format_summary, run_preprocess
 
-    if not ray.is_initialized():  # one embedded Ray for every step; worker lines shown here
-        ray.init(log_to_driver=True)
+    # One embedded Ray for every step; worker lines (epoch lines, progress bar) shown here.
+    connect(verbose=args.verbose, log_to_driver=True)
 
     print("== 1/4 synthetic COCO-format data")
     for split, count, seed in (("train", args.train_images, 0), ("val", args.val_images, 1)):
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             manifest = run_preprocess(PreprocessConfig(
                 annotations=str(out / "data" / split / "annotations.json"),
                 images=str(out / "data" / split / "images"),
-                output=str(shards), split=split,
+                output=str(shards), split=split, verbose=args.verbose,
             ))
             print(format_summary(manifest))
 
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.train import format_summary as train_summary
     from pipelines.train import run_training
 
-    settings, config_yaml = _settings(out, args.epochs, args.workers)
+    settings, config_yaml = _settings(out, args.epochs, args.workers, args.verbose)
     summary = run_training(settings, config_yaml)
     print(train_summary(summary))
 

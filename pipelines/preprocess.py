@@ -43,6 +43,7 @@ class PreprocessConfig:
     prefer_exif: bool = True  # EXIF orientation when the annotation size cannot tell
     overwrite: bool = False
     ray_address: str | None = None  # None: embedded local Ray (or RAY_ADDRESS if set)
+    verbose: bool = False  # true: Ray's INFO logs and Ray Data's progress output as well
 
     def __post_init__(self) -> None:
         for name in ("annotations", "images", "output", "split"):
@@ -52,7 +53,7 @@ class PreprocessConfig:
             raise ValueError(f"split must be letters, digits, '-' or '_', got {self.split!r}")
         if not isinstance(self.shard_size_mb, (int, float)) or self.shard_size_mb <= 0:
             raise ValueError(f"shard_size_mb must be > 0, got {self.shard_size_mb!r}")
-        for name in ("strict", "prefer_exif", "overwrite"):
+        for name in ("strict", "prefer_exif", "overwrite", "verbose"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"preprocess.{name} must be true or false")
 
@@ -154,12 +155,12 @@ def run_preprocess(
 
     ``progress`` (e.g. ``print``) receives a start line and :class:`ShardProgress` lines.
     """
-    import ray  # heavy; imported only when a run starts, before the output is touched
+    from pipelines.console import connect  # Ray is heavy: imported only when a run starts
 
     start = time.perf_counter()
     plan = plan_preprocess(config)
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address, log_to_driver=False)
+    # Ray Data's own progress and INFO logs only with verbose: the progress lines are ours.
+    connect(config.ray_address, verbose=config.verbose, log_to_driver=False)
     results = encode_shards(plan, progress, progress_every_s)
     return write_preprocess_manifest(plan, results, start)
 

@@ -34,6 +34,7 @@ FREE_TO_CHANGE = (
     "trainer.cpus_per_worker",
     "trainer.worker_resources",
     "trainer.allow_config_change",
+    "trainer.verbose",
     "data.train_shards",
     "data.val_shards",
     "data.eval_loader_workers",

@@ -68,7 +68,7 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
     data = _check_data(settings)
     if settings.tracking.enabled:  # before any minute is spent on training
         check_reachable(settings.tracking.resolved_uri())
-    _connect(settings.trainer.ray_address)
+    _connect(settings.trainer.ray_address, settings.trainer.verbose)
     check_cluster(settings)
     run_id, uri = open_tracking(settings, previous, config_yaml)
     store_record(settings, previous, run_id, uri)
@@ -90,11 +90,12 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
     return summary
 
 
-def _connect(address: str | None) -> None:
-    import ray
+def _connect(address: str | None, verbose: bool = False) -> None:
+    """Ray (started here unless it is up), with the workers' lines shown on this console and
+    Ray's own INFO logs and progress output only if ``verbose`` (:mod:`pipelines.console`)."""
+    from pipelines.console import connect
 
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
+    connect(address, verbose=verbose, log_to_driver=True)
 
 
 def previous_record(settings: TrainSettings) -> RunRecord | None:

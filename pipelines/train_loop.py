@@ -19,6 +19,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from pipelines.console import EpochBar, estimated_steps, quiet_worker
 from pipelines.data import EpochClock, PadCollate
 from pipelines.pictures import picture_images, pictures_grid, unwrap
 from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings
@@ -26,7 +27,7 @@ from pipelines.trainer import TrainJob
 from samdetr.builder import build_criterion, build_model
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
 from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
-from samdetr.engine.evaluation import eval_loader, ground_truth
+from samdetr.engine.evaluation import eval_loader, ground_truth, manifest_summary
 from samdetr.engine.loop import StepOptions, predict, train_one_epoch
 from samdetr.engine.optim import build_optimizer, build_scheduler
 from samdetr.engine.reproducibility import rng_state, seed_everything
@@ -117,6 +118,7 @@ class _Progress:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     settings = TrainSettings.from_dict(config["settings"])
+    quiet_worker(settings.trainer.verbose)
     job = TrainJob(**{k: v for k, v in config.items() if k != "settings"})
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
@@ -178,7 +180,12 @@ def _train(worker: _Worker, progress: _Progress) -> None:
         num_workers=data.eval_loader_workers, **data.eval_transform,
     )
     train_shard = ray.train.get_dataset_shard("train")
+    world_size = ray.train.get_context().get_world_size()
+    steps = None
     if rank == 0:
+        # For the progress bar's total only: an estimate (see estimated_steps).
+        images = manifest_summary(data.train_shards)["images"]
+        steps = estimated_steps(images, data.batch_size, world_size)
         if progress.start_epoch >= trainer.epochs:
             _say(f"run {trainer.run_name}: all {trainer.epochs} epochs already done")
         elif progress.resumed:
@@ -191,7 +198,13 @@ def _train(worker: _Worker, progress: _Progress) -> None:
             EpochClock.set_epoch(worker.job.epoch_clock, epoch)
         start = time.perf_counter()
         batches = _epoch_batches(train_shard, settings, epoch)
-        all_stats = _gather(_train_epoch(worker, progress, batches))
+        bar = EpochBar(epoch, trainer.epochs, steps, world_size) if rank == 0 else None
+        try:
+            stats = _train_epoch(worker, progress, batches, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        all_stats = _gather(stats)
         worker.scheduler.step()
         progress.global_step += all_stats[0]["steps"]
         metrics = _evaluate(worker.model, val_batches, coco_gt, worker.device,
@@ -204,14 +217,22 @@ def _train(worker: _Worker, progress: _Progress) -> None:
             # Before the checkpoint: a crash after it must not lose this epoch's metrics.
             logger.flush(settings.tracking.flush_timeout_s)
         if rank == 0:
-            _say(
-                f"epoch {epoch + 1}/{trainer.epochs}: AP {epoch_metrics['AP']:.4f} "
-                f"AP50 {epoch_metrics['AP50']:.4f} loss {epoch_metrics['loss']:.3f} "
-                f"{epoch_metrics['images_per_s']:.1f} img/s {epoch_metrics['epoch_time_s']:.0f}s"
-            )
+            _say(_epoch_line(epoch, trainer.epochs, epoch_metrics, progress.history))
         _report(worker, epoch, epoch_metrics, progress)
         if trainer.fail_after_epoch == epoch and not progress.resumed and rank == 0:
             raise InjectedFailure(f"injected after epoch {epoch} (trainer.fail_after_epoch)")
+
+
+def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float],
+                history: list[dict[str, Any]]) -> str:
+    """Rank 0's summary of an epoch, with the best AP so far (``history`` includes this
+    epoch, and on a resume the epochs before it)."""
+    best = max(history, key=lambda entry: entry["AP"])
+    return (
+        f"epoch {epoch + 1}/{epochs}: loss {metrics['loss']:.3f} AP {metrics['AP']:.4f} "
+        f"AP50 {metrics['AP50']:.4f} (best AP {best['AP']:.4f}, epoch {best['epoch'] + 1}) "
+        f"{metrics['images_per_s']:.1f} img/s {metrics['epoch_time_s']:.0f}s"
+    )
 
 
 def _epoch_batches(shard: Any, settings: TrainSettings, epoch: int) -> Any:
@@ -239,11 +260,17 @@ def _epoch_metrics(metrics: dict[str, float], all_stats: list[dict[str, Any]],
     }
 
 
-def _train_epoch(worker: _Worker, progress: _Progress, batches: Any) -> dict[str, Any]:
-    """One epoch of DDP steps; rank 0 logs the steps MLflow does not hold yet."""
+def _train_epoch(worker: _Worker, progress: _Progress, batches: Any,
+                 bar: EpochBar | None = None) -> dict[str, Any]:
+    """One epoch of DDP steps; rank 0 logs the steps MLflow does not hold yet and moves its
+    progress ``bar`` (each of its batches a step; the loss every ``log_every`` steps)."""
     settings, logger, base = worker.settings, worker.logger, progress.global_step
+    if bar is not None:
+        batches = bar.wrap(batches)
 
     def on_step(step: int, values: dict[str, float]) -> None:
+        if bar is not None:
+            bar.set_loss(values["loss"])
         if logger is not None and (progress.logged_step is None
                                    or base + step > progress.logged_step):
             logger.log_metrics({f"train/{k}": v for k, v in values.items()}, base + step)

@@ -108,6 +108,9 @@ class TrainerSettings:
     # Fault injection for tests and drills: rank 0 raises once, after epoch N is reported,
     # in an attempt that did not start from a checkpoint.
     fail_after_epoch: int | None = None
+    # Console: false shows the project's lines, a progress bar per epoch and Ray's warnings
+    # and errors; true brings back Ray's own INFO logs and progress output (pipelines.console).
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         name = self.run_name
@@ -124,7 +127,7 @@ class TrainerSettings:
         _positive_int(self.log_every, "trainer.log_every")
         _positive_int(self.num_pictures, "trainer.num_pictures", 0)
         _positive_int(self.seed, "trainer.seed", 0)
-        for name in ("use_gpu", "bf16", "allow_config_change"):
+        for name in ("use_gpu", "bf16", "allow_config_change", "verbose"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"trainer.{name} must be true or false")
         for name in ("cpus_per_worker", "gpus_per_worker"):

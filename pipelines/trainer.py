@@ -47,6 +47,8 @@ def run_config(settings: TrainSettings, callbacks: Sequence[Any] = ()) -> Any:
     checkpoints kept and the restarts allowed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
+    from pipelines.console import train_logging_config
+
     trainer = settings.trainer
     return RunConfig(
         name=trainer.run_name,
@@ -57,6 +59,7 @@ def run_config(settings: TrainSettings, callbacks: Sequence[Any] = ()) -> Any:
         ),
         failure_config=FailureConfig(max_failures=trainer.max_failures),
         callbacks=list(callbacks),
+        logging_config=train_logging_config(trainer.verbose),  # Ray Train's INFO logs
     )
 
 

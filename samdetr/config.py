@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+NORMS = ("frozen_bn", "batch_norm", "group_norm")
 DECODERS = ("sam", "baseline")
 
 T = TypeVar("T")
@@ -63,7 +64,9 @@ def _from_dict(cls: type[T], data: Any, where: str) -> T:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """ResNet backbone with frozen BatchNorm; stem and layer1 are always frozen.
+    """ResNet backbone. The defaults are the official ones: frozen BatchNorm (ImageNet
+    statistics) and the stem and layer1 frozen. Training from random weights wants a trainable
+    normalisation (``norm``) and every stage trainable (``trainable_layers=5``).
 
     ``weights`` names ImageNet weights to load *when asked* (``load_backbone_weights``):
     a local file path or a torchvision weights name such as ``"ResNet50_Weights.IMAGENET1K_V1"``.
@@ -72,8 +75,14 @@ class BackboneConfig:
 
     name: str = "resnet50"
     dilation: bool = False  # DC5: layer4 uses dilation instead of stride (output stride 16)
-    train_backbone: bool = True  # layers 2-4 trainable (the official code: lr_backbone > 0)
+    train_backbone: bool = True  # the official code: lr_backbone > 0
     weights: str | None = None
+    # frozen_bn: fixed statistics and affine (for ImageNet weights); batch_norm / group_norm
+    # (32 groups): trained, for a backbone learning from random weights.
+    norm: str = "frozen_bn"
+    # With train_backbone, how many stages train, counted from layer4: 3 is layer2-4 (official),
+    # 4 adds layer1, 5 the stem too; 0 freezes the whole trunk.
+    trainable_layers: int = 3
 
     def __post_init__(self) -> None:
         _check_bools(self, "backbone", ("dilation", "train_backbone"))
@@ -87,6 +96,18 @@ class BackboneConfig:
         _check(
             self.weights is None or (isinstance(self.weights, str) and self.weights != ""),
             "backbone.weights must be None or a non-empty path / torchvision weights name",
+        )
+        _check(self.norm in NORMS, f"backbone.norm must be one of {NORMS}, got {self.norm!r}")
+        _check(
+            not (self.norm == "group_norm" and self.weights is not None),
+            "backbone.weights are BatchNorm ResNet weights; backbone.norm=group_norm has no "
+            "statistics to load them into (use frozen_bn or batch_norm)",
+        )
+        _check(
+            isinstance(self.trainable_layers, int)
+            and not isinstance(self.trainable_layers, bool)
+            and 0 <= self.trainable_layers <= 5,
+            f"backbone.trainable_layers must be an integer in 0..5, got {self.trainable_layers!r}",
         )
 
     @property

@@ -86,6 +86,46 @@ def test_backbone_frozen_parts(train_backbone):
     assert backbone.num_channels == 512
 
 
+@pytest.mark.parametrize("norm", ["frozen_bn", "batch_norm", "group_norm"])
+@pytest.mark.parametrize("layers", [0, 3, 4, 5])
+def test_backbone_norm_and_trainable_stages(norm, layers):
+    backbone = build_resnet("resnet18", False, True, norm=norm, trainable_layers=layers)
+    stages = [("layer4",), ("layer3",), ("layer2",), ("layer1",), ("conv1", "bn1")][:layers]
+    trainable = {name for stage in stages for name in stage}
+    for name, p in backbone.body.named_parameters():
+        assert p.requires_grad == (name.split(".")[0] in trainable), name
+    kinds = {type(m) for m in backbone.modules()}
+    if norm == "group_norm":
+        assert torch.nn.GroupNorm in kinds and FrozenBatchNorm2d not in kinds
+        assert all(m.num_groups == 32 for m in backbone.modules()
+                   if isinstance(m, torch.nn.GroupNorm))
+    for name, module in backbone.body.named_modules():
+        top = name.split(".")[0]
+        if norm == "batch_norm" and isinstance(module, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)):
+            # A frozen stage keeps its statistics too: its BatchNorms are frozen ones.
+            frozen = isinstance(module, FrozenBatchNorm2d)
+            assert frozen == (top not in trainable), name
+    features, _ = backbone(torch.randn(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool))
+    assert features.shape == (2, 512, 2, 2)
+
+
+def test_trained_norms_learn_from_a_step():
+    backbone = build_resnet("resnet18", False, True, norm="group_norm", trainable_layers=5)
+    before = backbone.body.bn1.weight.detach().clone()
+    optimizer = torch.optim.SGD([p for p in backbone.parameters() if p.requires_grad], lr=0.1)
+    features, _ = backbone(torch.randn(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool))
+    features.square().mean().backward()
+    optimizer.step()
+    assert not torch.equal(before, backbone.body.bn1.weight)
+
+
+def test_backbone_refuses_unknown_norm_and_stage_count():
+    with pytest.raises(ValueError, match="unknown backbone norm"):
+        build_resnet("resnet18", False, True, norm="layer_norm")
+    with pytest.raises(ValueError, match="trainable_layers must be in 0..5"):
+        build_resnet("resnet18", False, True, trainable_layers=6)
+
+
 def test_backbone_mask_is_downsampled():
     backbone = build_resnet("resnet18", dilation=False, train_backbone=True)
     mask = torch.zeros(1, 64, 96, dtype=torch.bool)

@@ -70,6 +70,11 @@ def test_groupnorm_accepts_multiples_of_32():
         ({"name": "resnet34", "dilation": True}, "not resnet34"),
         ({"weights": ""}, "backbone.weights"),
         ({"weights": 3}, "backbone.weights"),
+        ({"norm": "layer_norm"}, "backbone.norm must be one of"),
+        ({"norm": "group_norm", "weights": "w.pth"}, "no statistics to load them into"),
+        ({"trainable_layers": 6}, "backbone.trainable_layers must be an integer in 0..5"),
+        ({"trainable_layers": True}, "backbone.trainable_layers"),
+        ({"trainable_layers": 2.0}, "backbone.trainable_layers"),
     ],
 )
 def test_backbone_config_validation(kwargs, fragment):
@@ -81,6 +86,12 @@ def test_backbone_config_validation(kwargs, fragment):
 @pytest.mark.parametrize("name", ["resnet50", "resnet101"])
 def test_dilation_allowed_for_bottleneck_resnets(name):
     assert BackboneConfig(name=name, dilation=True).num_channels == 2048
+
+
+def test_official_presets_keep_the_frozen_backbone():
+    for name in PRESETS:
+        backbone = preset(name).model.backbone
+        assert (backbone.norm, backbone.trainable_layers) == ("frozen_bn", 3), name
 
 
 def test_backbone_channels():
@@ -168,11 +179,15 @@ def valid_configs(draw) -> DetectorConfig:
     name = draw(st.sampled_from(BACKBONES))
     bottleneck = name in ("resnet50", "resnet101")
     decoder = draw(st.sampled_from(["sam", "baseline"]))
+    norm = draw(st.sampled_from(["frozen_bn", "batch_norm", "group_norm"]))
+    weights = st.one_of(st.none(), st.sampled_from(["w.pth", "/x/y.pt"]))
     backbone = BackboneConfig(
         name=name,
         dilation=draw(st.booleans()) if bottleneck else False,
         train_backbone=draw(st.booleans()),
-        weights=draw(st.one_of(st.none(), st.sampled_from(["w.pth", "/x/y.pt"]))),
+        weights=None if norm == "group_norm" else draw(weights),
+        norm=norm,
+        trainable_layers=draw(st.integers(0, 5)),
     )
     weight = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
     model = ModelConfig(

@@ -1,7 +1,9 @@
-"""ResNet backbone with frozen BatchNorm, returning the last feature map and its padding mask."""
+"""ResNet backbone (frozen BatchNorm by default), returning the last feature map and its mask."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -11,7 +13,14 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
-_TRAINABLE_LAYERS = ("layer2", "layer3", "layer4")
+# Stages from the top down: ``trainable_layers=k`` trains the first k (the stem is conv1 + bn1).
+_STAGES = (("layer4",), ("layer3",), ("layer2",), ("layer1",), ("conv1", "bn1"))
+_NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "frozen_bn": FrozenBatchNorm2d,
+    "batch_norm": nn.BatchNorm2d,
+    # 32 groups, as GroupNorm's paper and the official 12-epoch input projection use.
+    "group_norm": partial(nn.GroupNorm, 32),
+}
 
 
 class Backbone(nn.Module):
@@ -41,25 +50,61 @@ class Backbone(nn.Module):
         return features, small
 
 
-def build_resnet(name: str, dilation: bool, train_backbone: bool) -> Backbone:
-    """A randomly initialised ResNet trunk with frozen BatchNorm; stem and layer1 frozen.
+def build_resnet(
+    name: str,
+    dilation: bool,
+    train_backbone: bool,
+    norm: str = "frozen_bn",
+    trainable_layers: int = 3,
+) -> Backbone:
+    """A randomly initialised ResNet trunk.
 
-    No weights are loaded here (see :func:`load_backbone_weights`), so building never
-    touches the disk or the network.
+    ``norm``: ``frozen_bn`` (official), ``batch_norm`` or ``group_norm``. With
+    ``train_backbone``, the top ``trainable_layers`` stages train (3: layer2-4, the official
+    choice; 5: every stage and the stem); the rest is frozen. No weights are loaded here (see
+    :func:`load_backbone_weights`), so building never touches the disk or the network.
     """
     if not hasattr(torchvision.models, name) or not name.startswith("resnet"):
         raise ValueError(f"unknown ResNet {name!r}")
+    if norm not in _NORMS:
+        raise ValueError(f"unknown backbone norm {norm!r}; expected one of {sorted(_NORMS)}")
+    if not 0 <= trainable_layers <= len(_STAGES):
+        raise ValueError(f"trainable_layers must be in 0..{len(_STAGES)}, got {trainable_layers}")
     # BasicBlock ResNets (18/34) cannot dilate; the config validates this earlier.
     replace = [False, False, dilation] if dilation else None
     resnet = getattr(torchvision.models, name)(
-        weights=None, replace_stride_with_dilation=replace, norm_layer=FrozenBatchNorm2d
+        weights=None, replace_stride_with_dilation=replace, norm_layer=_NORMS[norm]
     )
+    stages = _STAGES[:trainable_layers] if train_backbone else ()
+    trainable = {module for stage in stages for module in stage}
     for pname, parameter in resnet.named_parameters():
-        trainable = train_backbone and pname.split(".")[0] in _TRAINABLE_LAYERS
-        parameter.requires_grad_(trainable)
+        parameter.requires_grad_(pname.split(".")[0] in trainable)
+    if norm == "batch_norm":  # a frozen stage keeps its statistics too, not only its weights
+        for name, child in list(resnet.named_children()):
+            if name in trainable:
+                continue
+            if isinstance(child, nn.BatchNorm2d):  # the stem's bn1
+                setattr(resnet, name, _frozen(child))
+            else:
+                _freeze_batch_norms(child)
     num_channels = resnet.fc.in_features
     body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
     return Backbone(body, num_channels)
+
+
+def _frozen(norm: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    frozen = FrozenBatchNorm2d(norm.num_features, eps=norm.eps)
+    frozen.load_state_dict(norm.state_dict(), strict=False)  # no num_batches_tracked
+    return frozen
+
+
+def _freeze_batch_norms(module: nn.Module) -> None:
+    """Replace every ``BatchNorm2d`` under ``module`` with a ``FrozenBatchNorm2d``."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, _frozen(child))
+        else:
+            _freeze_batch_norms(child)
 
 
 def load_backbone_weights(backbone: Backbone, weights: str) -> None:
