@@ -172,7 +172,8 @@ def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
 
     clock = EpochClock.create(settings.trainer.run_name)
     try:
-        job = TrainJob(run_id, uri, data["train"]["categories"], clock.name)
+        job = TrainJob(run_id, uri, data["train"]["categories"], clock.name,
+                       train_images=data["train"]["images"])
         trainer = build_trainer(settings, job)
         start = time.perf_counter()
         return _summarise(trainer.fit(), settings, time.perf_counter() - start, job.fit_id)

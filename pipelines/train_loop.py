@@ -27,7 +27,7 @@ from pipelines.trainer import TrainJob
 from samdetr.builder import build_criterion, build_model
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
 from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
-from samdetr.engine.evaluation import eval_loader, ground_truth, manifest_summary
+from samdetr.engine.evaluation import eval_loader, ground_truth
 from samdetr.engine.loop import StepOptions, predict, train_one_epoch
 from samdetr.engine.optim import build_optimizer, build_scheduler
 from samdetr.engine.reproducibility import rng_state, seed_everything
@@ -174,18 +174,16 @@ def _train(worker: _Worker, progress: _Progress) -> None:
     trainer, data = settings.trainer, settings.data
     pictures = picture_images(settings) if logger is not None else []
     coco_gt = ground_truth(data.val_shards) if rank == 0 else None
+    world_size = ray.train.get_context().get_world_size()
     val_batches = eval_loader(
-        data.val_shards, batch_size=data.eval_batch_size, rank=rank,
-        world_size=ray.train.get_context().get_world_size(),
+        data.val_shards, batch_size=data.eval_batch_size, rank=rank, world_size=world_size,
         num_workers=data.eval_loader_workers, **data.eval_transform,
     )
     train_shard = ray.train.get_dataset_shard("train")
-    world_size = ray.train.get_context().get_world_size()
-    steps = None
+    # For the progress bar's total only: an estimate (see estimated_steps).
+    images = worker.job.train_images
+    steps = estimated_steps(images, data.batch_size, world_size) if images else None
     if rank == 0:
-        # For the progress bar's total only: an estimate (see estimated_steps).
-        images = manifest_summary(data.train_shards)["images"]
-        steps = estimated_steps(images, data.batch_size, world_size)
         if progress.start_epoch >= trainer.epochs:
             _say(f"run {trainer.run_name}: all {trainer.epochs} epochs already done")
         elif progress.resumed:

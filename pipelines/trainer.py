@@ -28,6 +28,8 @@ class TrainJob:
     ``run_id`` / ``tracking_uri``: the MLflow run rank 0 logs to (``None``: no tracking).
     ``categories``: the shards' ``[{id, name, ...}]``, kept in checkpoints for inference.
     ``epoch_clock``: name of the run's :class:`pipelines.data.EpochClock` actor.
+    ``train_images``: the training shards' image count, read once by the driver (the total of
+    rank 0's progress bar; ``None``: a bar without a total).
     ``fit_id``: tells this call's reports from those restored checkpoints still carry.
     """
 
@@ -35,6 +37,7 @@ class TrainJob:
     tracking_uri: str | None
     categories: list[dict[str, Any]]
     epoch_clock: str
+    train_images: int | None = None
     fit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def loop_config(self, settings: TrainSettings) -> dict[str, Any]:
