@@ -38,6 +38,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--name", default="run", help="label of the printed lines")
     parser.add_argument("--norm", default="group_norm", help="backbone.norm")
     parser.add_argument("--layers", type=int, default=5, help="backbone.trainable_layers")
+    parser.add_argument("--last-stage", type=int, default=4, help="backbone.last_stage")
     parser.add_argument("--lr", type=float, default=1e-3, help="lr of every parameter")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--queries", type=int, default=10)
@@ -46,7 +47,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--val-images", type=int, default=80)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the model initialisation and augmentation")
     parser.add_argument("--budget", type=float, default=300, help="seconds of training")
+    parser.add_argument("--loss", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a samdetr.config.LossConfig field, e.g. loss_class=5 (repeatable)")
     parser.add_argument("--data", type=Path, default=Path("bench_results/from_scratch_data"))
     return parser.parse_args()
 
@@ -65,13 +70,14 @@ def main() -> None:
     args = arguments()
     torch.set_num_threads(args.threads)
     root = shards(args)
-    seed_everything(0)
+    seed_everything(args.seed)
     config = DetectorConfig.from_dict({"model": {
-        "backbone": {"name": "resnet18", "norm": args.norm, "trainable_layers": args.layers},
+        "backbone": {"name": "resnet18", "norm": args.norm, "trainable_layers": args.layers,
+                     "last_stage": args.last_stage},
         "hidden_dim": args.hidden, "num_heads": 8, "num_salient_points": 8,
         "num_encoder_layers": 2, "num_decoder_layers": 2, "dim_feedforward": 4 * args.hidden,
         "dropout": 0.0, "num_queries": args.queries, "num_classes": 8,
-    }})
+    }, "loss": {k: float(v) for k, v in (item.split("=", 1) for item in args.loss)}})
     model, criterion = build_model(config), build_criterion(config)
     optim = OptimConfig(lr=args.lr, lr_backbone=args.lr, lr_drop_epochs=(10_000,))
     optimizer = build_optimizer(model, optim)

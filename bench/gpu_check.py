@@ -53,7 +53,8 @@ from samdetr.engine.reproducibility import seed_everything
 from samdetr.model.postprocess import PostProcess
 
 PARTS = ("fixture_fp32", "fixture_bf16", "train_bf16", "speed", "ddp_nccl")
-# conf/model/small.yaml, with the demo's transforms and rates (conf/experiment/demo.yaml)
+# conf/model/small.yaml with 128-px transforms and lr 1e-3: this check's own fixed setting
+# (the from-scratch recipe is conf/experiment/shapes_small.yaml)
 SMALL = {"backbone": {"name": "resnet18"}, "hidden_dim": 64, "num_salient_points": 8,
          "num_encoder_layers": 2, "num_decoder_layers": 2, "dim_feedforward": 256,
          "dropout": 0.0, "num_queries": 30}

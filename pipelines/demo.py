@@ -1,9 +1,10 @@
 """`make demo`: the whole pipeline on the embedded defaults, in one process.
 
-    python -m pipelines.demo [--out outputs/demo] [--epochs 20] [--train-images 160] [--verbose]
+    python -m pipelines.demo [--out outputs/demo] [--epochs 28] [--train-images 320] [--verbose]
 
-Synthetic data (3 shape classes) -> Parquet shards with Ray Data -> SAM-DETR (small ResNet-18
-model) trained by Ray Train with 2 CPU workers -> COCO evaluation every epoch -> an MLflow run
+Synthetic shapes (3 classes; :mod:`pipelines.shapes_data`) -> Parquet shards with Ray Data ->
+the small SAM-DETR of the from-scratch recipe (``experiment=shapes_small``) trained by Ray Train
+with 2 CPU workers -> COCO evaluation every epoch -> an MLflow run
 in ``<out>/mlflow.db`` with metrics, the convergence plot, prediction pictures and the model.
 Re-running resumes the same run (finished epochs are not trained again); ``--fresh`` starts over.
 ``--verbose`` shows Ray's own INFO logs and progress output as well (see docs/training.md).
@@ -20,7 +21,7 @@ from pathlib import Path
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def _settings(out: Path, epochs: int, workers: int, verbose: bool = False):
+def _settings(out: Path, epochs: int | None, workers: int, verbose: bool = False):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -28,11 +29,11 @@ def _settings(out: Path, epochs: int, workers: int, verbose: bool = False):
     from pipelines.train_settings import TrainSettings
 
     overrides = [
-        "experiment=demo",
+        "experiment=shapes_small",
         f"data.train_shards={out / 'shards/train'}",
         f"data.val_shards={out / 'shards/val'}",
         f"trainer.storage_path={out / 'ray'}",
-        f"trainer.epochs={epochs}",
+        *([f"trainer.epochs={epochs}"] if epochs else []),
         f"trainer.num_workers={workers}",
         f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}",
         f"tracking.artifact_location={out / 'mlartifacts'}",
@@ -50,10 +51,11 @@ def _settings(out: Path, epochs: int, workers: int, verbose: bool = False):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs to train (default: the recipe's, 28)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--train-images", type=int, default=160)
-    parser.add_argument("--val-images", type=int, default=40)
+    parser.add_argument("--train-images", type=int, default=320)
+    parser.add_argument("--val-images", type=int, default=80)
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's own INFO logs and progress output too")
@@ -64,39 +66,22 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(out)
     start = time.perf_counter()
 
-    from pipelines import make_synthetic
     from pipelines.console import connect
-    from pipelines.preprocess import PreprocessConfig, format_summary, run_preprocess
 
     # One embedded Ray for every step; worker lines (epoch lines, progress bar) shown here.
     connect(verbose=args.verbose, log_to_driver=True)
 
-    print("== 1/4 synthetic COCO-format data")
-    for split, count, seed in (("train", args.train_images, 0), ("val", args.val_images, 1)):
-        folder = out / "data" / split
-        if not (folder / "annotations.json").is_file():
-            summary = make_synthetic.run({
-                "out_dir": str(folder), "num_images": count, "seed": seed,
-                "image_size": [128, 192], "max_objects": 2, "object_size": [0.3, 0.55],
-            })
-            print(f"   {split}: {summary['num_images']} images, {summary['num_annotations']} "
-                  f"boxes -> {folder}")
-    print("== 2/4 shards with Ray Data")
-    for split in ("train", "val"):
-        shards = out / "shards" / split
-        if not (shards / "manifest.json").is_file():
-            manifest = run_preprocess(PreprocessConfig(
-                annotations=str(out / "data" / split / "annotations.json"),
-                images=str(out / "data" / split / "images"),
-                output=str(shards), split=split, verbose=args.verbose,
-            ))
-            print(format_summary(manifest))
+    print("== 1/4 synthetic COCO-format data, 2/4 shards with Ray Data")
+    from pipelines.shapes_data import shapes_shards
 
-    print(f"== 3/4 training with Ray Train ({args.workers} CPU workers, {args.epochs} epochs)")
+    shapes_shards(out, {"train": args.train_images, "val": args.val_images}, args.verbose)
+
     from pipelines.train import format_summary as train_summary
     from pipelines.train import run_training
 
     settings, config_yaml = _settings(out, args.epochs, args.workers, args.verbose)
+    print(f"== 3/4 training with Ray Train ({args.workers} CPU workers, "
+          f"{settings.trainer.epochs} epochs)")
     summary = run_training(settings, config_yaml)
     print(train_summary(summary))
 
@@ -119,9 +104,9 @@ def _print_history(summary: dict) -> None:
     from samdetr.checkpoint import read_checkpoint
 
     payload = read_checkpoint(summary["latest_checkpoint"])
-    print("\nCOCO AP on the validation images, epoch by epoch (# = 0.1 AP50 point):")
+    print("\nCOCO AP on the validation images, epoch by epoch (# = 1 AP50 point):")
     for entry in payload["history"]:
-        bar = "#" * int(round(1000 * max(entry["AP50"], 0.0)))  # one # per 0.1 AP50 point
+        bar = "#" * int(round(100 * max(entry["AP50"], 0.0)))  # one # per AP50 point
         print(f"   epoch {entry['epoch'] + 1:2d}  AP {100 * entry['AP']:5.2f}%  AP50 "
               f"{100 * entry['AP50']:5.2f}%  loss {entry['loss']:7.3f}  {bar}")
 

@@ -53,15 +53,19 @@ def create_run(
     params: dict[str, str],
     config_yaml: str,
     artifact_location: str | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """A new MLflow run in ``experiment`` (created if needed) with the params and the resolved
-    config (``config.yaml``); returns its id."""
+    config (``config.yaml``), nested under ``parent_run_id`` if given; returns its id."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     experiment_id = _experiment_id(client, experiment, artifact_location)
-    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+    tags = {RUN_NAME_TAG: run_name}
+    if parent_run_id:  # the tag MLflow's UI and search use to nest runs
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     items = [Param(k, v) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch

@@ -144,6 +144,7 @@ def open_tracking(settings: TrainSettings, previous: RunRecord | None,
         run_id = create_run(
             uri, tracking.experiment, name, flatten(settings.to_dict()),
             config_yaml or json.dumps(settings.to_dict(), indent=2), tracking.artifact_location,
+            tracking.parent_run_id,
         )
     resumed = previous is not None and previous.mlflow_run_id
     _say(f"MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {uri}")
@@ -205,7 +206,8 @@ def _summarise(result: Any, settings: TrainSettings, seconds: float,
         "run_path": result.path,
         "seconds": seconds,
         "tracking_failures": _worker_tracking_failures(result.metrics or {}, fit_id),
-        "best": best,  # the Ray Checkpoint, read through Ray's own API
+        "best": best,  # the Ray Checkpoints, read through Ray's own API
+        "latest": result.checkpoint,
     }
 
 

@@ -171,6 +171,8 @@ class TrackingSettings:
     registered_model: str | None = None  # register the best model under this name
     alias: str | None = None  # ... and point this alias (e.g. "candidate") at the new version
     log_model: bool = True
+    # Nest this run's MLflow run under that run (a study's or sweep's parent); None: top level.
+    parent_run_id: str | None = None
     # While the store fails, rank 0 keeps training, keeps the metrics and tries again this often.
     retry_after_s: float = 30.0
     # How long the end of an epoch (and of the run) waits for queued metrics to reach the store.

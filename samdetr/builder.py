@@ -68,7 +68,9 @@ def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = Fa
     cfg = _model_config(config)
     d = cfg.hidden_dim
     b = cfg.backbone
-    backbone = build_resnet(b.name, b.dilation, b.train_backbone, b.norm, b.trainable_layers)
+    backbone = build_resnet(
+        b.name, b.dilation, b.train_backbone, b.norm, b.trainable_layers, b.last_stage
+    )
     if load_pretrained:
         if cfg.backbone.weights is None:
             raise ValueError("load_pretrained=True but model.backbone.weights is not set")

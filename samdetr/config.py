@@ -83,6 +83,9 @@ class BackboneConfig:
     # With train_backbone, how many stages train, counted from layer4: 3 is layer2-4 (official),
     # 4 adds layer1, 5 the stem too; 0 freezes the whole trunk.
     trainable_layers: int = 3
+    # The stage whose output the transformer reads: 4 (official, stride 32), 3 (stride 16) or
+    # 2 (stride 8). Small images from scratch want a finer map; the later stages are dropped.
+    last_stage: int = 4
 
     def __post_init__(self) -> None:
         _check_bools(self, "backbone", ("dilation", "train_backbone"))
@@ -109,10 +112,20 @@ class BackboneConfig:
             and 0 <= self.trainable_layers <= 5,
             f"backbone.trainable_layers must be an integer in 0..5, got {self.trainable_layers!r}",
         )
+        _check(
+            self.last_stage in (2, 3, 4) and not isinstance(self.last_stage, bool),
+            f"backbone.last_stage must be 2, 3 or 4, got {self.last_stage!r}",
+        )
+        _check(
+            not (self.dilation and self.last_stage != 4),
+            "backbone.dilation (DC5) dilates layer4; it needs backbone.last_stage=4",
+        )
 
     @property
     def num_channels(self) -> int:
-        return 512 if self.name in ("resnet18", "resnet34") else 2048
+        """Channels of the feature map the transformer reads (the output of ``last_stage``)."""
+        top = 512 if self.name in ("resnet18", "resnet34") else 2048
+        return top // 2 ** (4 - self.last_stage)
 
 
 @dataclass(frozen=True)

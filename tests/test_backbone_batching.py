@@ -126,6 +126,27 @@ def test_backbone_refuses_unknown_norm_and_stage_count():
         build_resnet("resnet18", False, True, trainable_layers=6)
 
 
+@pytest.mark.parametrize(("name", "last_stage", "channels", "stride"), [
+    ("resnet18", 2, 128, 8), ("resnet18", 3, 256, 16), ("resnet50", 2, 512, 8),
+    ("resnet50", 3, 1024, 16),
+])
+def test_last_stage_gives_a_finer_map_and_drops_later_stages(name, last_stage, channels, stride):
+    backbone = build_resnet(name, False, True, "group_norm", 5, last_stage=last_stage)
+    features, small = backbone(torch.randn(1, 3, 64, 96), torch.zeros(1, 64, 96, dtype=bool))
+    assert backbone.num_channels == channels
+    assert features.shape == (1, channels, 64 // stride, 96 // stride)
+    assert small.shape == (1, 64 // stride, 96 // stride)
+    kept = {n.split(".")[0] for n, _ in backbone.body.named_parameters()}
+    assert f"layer{last_stage}" in kept and "layer4" not in kept
+
+
+def test_last_stage_is_checked():
+    with pytest.raises(ValueError, match="last_stage must be 2, 3 or 4"):
+        build_resnet("resnet18", False, True, last_stage=1)
+    with pytest.raises(ValueError, match="needs last_stage=4"):
+        build_resnet("resnet50", True, True, last_stage=3)
+
+
 def test_backbone_mask_is_downsampled():
     backbone = build_resnet("resnet18", dilation=False, train_backbone=True)
     mask = torch.zeros(1, 64, 96, dtype=torch.bool)

@@ -75,6 +75,9 @@ def test_groupnorm_accepts_multiples_of_32():
         ({"trainable_layers": 6}, "backbone.trainable_layers must be an integer in 0..5"),
         ({"trainable_layers": True}, "backbone.trainable_layers"),
         ({"trainable_layers": 2.0}, "backbone.trainable_layers"),
+        ({"last_stage": 1}, "backbone.last_stage must be 2, 3 or 4"),
+        ({"last_stage": True}, "backbone.last_stage must be 2, 3 or 4"),
+        ({"name": "resnet50", "dilation": True, "last_stage": 3}, "needs backbone.last_stage=4"),
     ],
 )
 def test_backbone_config_validation(kwargs, fragment):
@@ -91,13 +94,16 @@ def test_dilation_allowed_for_bottleneck_resnets(name):
 def test_official_presets_keep_the_frozen_backbone():
     for name in PRESETS:
         backbone = preset(name).model.backbone
-        assert (backbone.norm, backbone.trainable_layers) == ("frozen_bn", 3), name
+        assert (backbone.norm, backbone.trainable_layers, backbone.last_stage) == (
+            "frozen_bn", 3, 4), name
 
 
 def test_backbone_channels():
     assert BackboneConfig(name="resnet18").num_channels == 512
     assert BackboneConfig(name="resnet34").num_channels == 512
     assert BackboneConfig(name="resnet50").num_channels == 2048
+    assert BackboneConfig(name="resnet18", last_stage=2).num_channels == 128
+    assert BackboneConfig(name="resnet50", last_stage=3).num_channels == 1024
 
 
 @pytest.mark.parametrize(
@@ -178,16 +184,18 @@ def valid_configs(draw) -> DetectorConfig:
     divisors = [k for k in (1, 2, 4, 8, 16, 32) if hidden_dim % k == 0]
     name = draw(st.sampled_from(BACKBONES))
     bottleneck = name in ("resnet50", "resnet101")
+    dilation = draw(st.booleans()) if bottleneck else False
     decoder = draw(st.sampled_from(["sam", "baseline"]))
     norm = draw(st.sampled_from(["frozen_bn", "batch_norm", "group_norm"]))
     weights = st.one_of(st.none(), st.sampled_from(["w.pth", "/x/y.pt"]))
     backbone = BackboneConfig(
         name=name,
-        dilation=draw(st.booleans()) if bottleneck else False,
+        dilation=dilation,
         train_backbone=draw(st.booleans()),
         weights=None if norm == "group_norm" else draw(weights),
         norm=norm,
         trainable_layers=draw(st.integers(0, 5)),
+        last_stage=4 if bottleneck and dilation else draw(st.sampled_from([2, 3, 4])),
     )
     weight = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
     model = ModelConfig(

@@ -85,36 +85,39 @@ def fingerprint(config_name: str, overrides: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# Fingerprints of the configs composed from conf/ at commit 47a7925 (every default restated in
-# YAML, outputs/ written out in each file), with MLFLOW_TRACKING_URI and SAMDETR_STORAGE unset.
+# Fingerprints of the configs composed from conf/ (first taken at commit 47a7925, where every
+# default was restated in YAML; since then the new fields model.backbone.last_stage and
+# tracking.parent_run_id, the recipe experiment=shapes_small and conf/study.yaml), with
+# MLFLOW_TRACKING_URI and SAMDETR_STORAGE unset.
 # A deliberate change of a composed config changes its fingerprint: update it here then.
 FINGERPRINTS = {
-    "train": "f83d9c4440f0a60f",
-    "train experiment=demo": "1b12d32da54ec6ac",
-    "train experiment=sam_detr_r50_dc5_e12": "5404d3a94c26a284",
-    "train experiment=sam_detr_r50_dc5_e50": "0d54e108c0a0b0af",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "3e2028eac6e46fa3",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "1787d79622eea193",
-    "train experiment=sam_detr_r50_e12": "86cbe4edbf60fae3",
-    "train experiment=sam_detr_r50_e50": "acd43e650c37f48e",
-    "train experiment=sam_detr_r50_smca_e12": "d69ec048c47bb4dc",
-    "train experiment=sam_detr_r50_smca_e50": "10cfea0710ddea0f",
-    "train model=baseline_r50": "6602e32f383506ad",
-    "train model=sam_detr_r50": "7df550075c6a4567",
-    "train model=sam_detr_r50_dc5": "7319ceebe4c22d77",
-    "train model=sam_detr_r50_dc5_smca": "9f0e93524c02ecb0",
-    "train model=sam_detr_r50_smca": "f81254fa5518d6aa",
-    "train data=coco128": "64f33b2b18ee4749",
-    "train data=coco2017": "b7ad17e611176a80",
-    "train trainer=gpu": "a347d1aa80230b60",
-    "train tracking=server": "9d318b6a1e7bea93",
+    "train": "11ac6c94e77dbd32",
+    "train experiment=shapes_small": "509d3068f7568dcb",
+    "train experiment=sam_detr_r50_dc5_e12": "db9ba73bf41202f6",
+    "train experiment=sam_detr_r50_dc5_e50": "dfda821638dc28b9",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "0c4a5480a2ab40ac",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "8ff2e147e2304627",
+    "train experiment=sam_detr_r50_e12": "ca31bb872b86863d",
+    "train experiment=sam_detr_r50_e50": "4d682d9f145f6a5b",
+    "train experiment=sam_detr_r50_smca_e12": "d6bb79be22d04d86",
+    "train experiment=sam_detr_r50_smca_e50": "dc17fe647089ad37",
+    "train model=baseline_r50": "302fc4ecf790e70d",
+    "train model=sam_detr_r50": "336272fae7f16a50",
+    "train model=sam_detr_r50_dc5": "d2d05463fc067456",
+    "train model=sam_detr_r50_dc5_smca": "6f22b0c2618bcc80",
+    "train model=sam_detr_r50_smca": "0cf2db31c0dd590b",
+    "train data=coco128": "bad9a976f08053ec",
+    "train data=coco2017": "f471ac54807a303d",
+    "train trainer=gpu": "3f0038fc0688a478",
+    "train tracking=server": "29ab8d5c431cef42",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "a50e7015e4b9b919",
+        "c540f13bc05a7ff4",
     "preprocess": "e4f3779aab0ea1d9",
     "preprocess data=synthetic split=val": "84dd83cb6188b853",
     "preprocess data=coco2017 split=val": "6980c482e6d367d3",
     "evaluate shards=x": "1c5988f0b9bf8036",
     "make_synthetic": "6bf71df80590184c",
+    "study": "7040e7e68f0c52eb",
 }
 
 

@@ -40,7 +40,7 @@ def _compose(overrides: list[str]) -> dict:
 
 
 def test_every_official_preset_has_an_experiment():
-    assert set(PRESETS) | {"demo"} == set(EXPERIMENTS)
+    assert set(PRESETS) | {"shapes_small"} == set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -48,8 +48,14 @@ def test_experiments_compose_into_valid_settings(name, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     settings = TrainSettings.from_dict(_compose([f"experiment={name}"]))
     assert TrainSettings.from_dict(settings.to_dict()) == settings  # what workers rebuild
-    if name == "demo":
+    if name == "shapes_small":  # the from-scratch recipe (docs/training.md)
         assert not settings.trainer.use_gpu and settings.trainer.num_workers == 2
+        backbone = settings.detector.model.backbone
+        assert (backbone.norm, backbone.trainable_layers, backbone.last_stage) == (
+            "group_norm", 0, 2)
+        assert (settings.detector.loss.loss_class, settings.detector.loss.cost_class) == (5, 5)
+        assert settings.detector.model.num_queries == 10 and settings.optim.lr == 5e-4
+        assert settings.detector.model.smca
         return
     # The official recipes: the paper's architecture, schedule and batch split.
     expected = preset(name).model

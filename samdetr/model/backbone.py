@@ -56,12 +56,15 @@ def build_resnet(
     train_backbone: bool,
     norm: str = "frozen_bn",
     trainable_layers: int = 3,
+    last_stage: int = 4,
 ) -> Backbone:
     """A randomly initialised ResNet trunk.
 
     ``norm``: ``frozen_bn`` (official), ``batch_norm`` or ``group_norm``. With
     ``train_backbone``, the top ``trainable_layers`` stages train (3: layer2-4, the official
-    choice; 5: every stage and the stem); the rest is frozen. No weights are loaded here (see
+    choice; 5: every stage and the stem); the rest is frozen. ``last_stage`` (2-4) is the stage
+    whose output the detector sees: 4 (official) has stride 32 (16 with ``dilation``), 3 stride 16,
+    2 stride 8; the stages after it are dropped. No weights are loaded here (see
     :func:`load_backbone_weights`), so building never touches the disk or the network.
     """
     if not hasattr(torchvision.models, name) or not name.startswith("resnet"):
@@ -70,6 +73,10 @@ def build_resnet(
         raise ValueError(f"unknown backbone norm {norm!r}; expected one of {sorted(_NORMS)}")
     if not 0 <= trainable_layers <= len(_STAGES):
         raise ValueError(f"trainable_layers must be in 0..{len(_STAGES)}, got {trainable_layers}")
+    if last_stage not in (2, 3, 4):
+        raise ValueError(f"last_stage must be 2, 3 or 4, got {last_stage}")
+    if dilation and last_stage != 4:
+        raise ValueError("dilation (DC5) dilates layer4, so it needs last_stage=4")
     # BasicBlock ResNets (18/34) cannot dilate; the config validates this earlier.
     replace = [False, False, dilation] if dilation else None
     resnet = getattr(torchvision.models, name)(
@@ -87,8 +94,10 @@ def build_resnet(
                 setattr(resnet, name, _frozen(child))
             else:
                 _freeze_batch_norms(child)
-    num_channels = resnet.fc.in_features
-    body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
+    # Each stage doubles the channels, so stage k has fc.in_features / 2**(4 - k) of them.
+    num_channels = resnet.fc.in_features // 2 ** (4 - last_stage)
+    # IntermediateLayerGetter keeps the children up to the returned stage and drops the rest.
+    body = IntermediateLayerGetter(resnet, return_layers={f"layer{last_stage}": "0"})
     return Backbone(body, num_channels)
 
 

@@ -1,0 +1,42 @@
+"""The synthetic shapes set of ``make demo`` and the convergence study, as shard sets.
+
+Both train the small from-scratch recipe (``experiment=shapes_small``) on the same kind of data:
+coloured squares, discs and triangles (at most :data:`SHAPES["max_objects"]` per image) on a
+textured background, generated as COCO-format folders (:mod:`pipelines.make_synthetic`) and
+turned into shards with Ray Data (:mod:`pipelines.preprocess`). Nothing is redone that exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# How the images look (samdetr.data.synthetic.make_synthetic_coco's keywords).
+SHAPES: dict[str, Any] = {"image_size": [128, 192], "max_objects": 2, "object_size": [0.3, 0.55]}
+SEEDS = {"train": 0, "val": 1}  # different images in the two splits
+
+
+def shapes_shards(root: Path, counts: dict[str, int], verbose: bool = False) -> dict[str, Path]:
+    """``{split: shard folder}`` under ``root/shards`` for ``counts = {split: images}``,
+    generated under ``root/data`` first. Ray must be up (Ray Data writes the shards)."""
+    from pipelines import make_synthetic
+    from pipelines.preprocess import PreprocessConfig, format_summary, run_preprocess
+
+    folders = {}
+    for split, count in counts.items():
+        if split not in SEEDS:
+            raise ValueError(f"split must be one of {sorted(SEEDS)}, got {split!r}")
+        data, shards = root / "data" / split, root / "shards" / split
+        if not (data / "annotations.json").is_file():
+            summary = make_synthetic.run({"out_dir": str(data), "num_images": count,
+                                          "seed": SEEDS[split], **SHAPES})
+            print(f"   {split}: {summary['num_images']} images, {summary['num_annotations']} "
+                  f"boxes -> {data}", flush=True)
+        if not (shards / "manifest.json").is_file():
+            manifest = run_preprocess(PreprocessConfig(
+                annotations=str(data / "annotations.json"), images=str(data / "images"),
+                output=str(shards), split=split, verbose=verbose,
+            ))
+            print(format_summary(manifest), flush=True)
+        folders[split] = shards
+    return folders
