@@ -4,7 +4,7 @@ Config flows one way: Hydra YAML -> typed dataclasses (validated once) -> constr
 defaults live in the dataclasses alone; :func:`register_defaults` stores a plain node of each
 one's field defaults in Hydra's ConfigStore as ``<group>/base`` (``model/base``,
 ``loss/base``, ``optim/base``, ``data/base``, ``trainer/base``, ``tracking/base``,
-``study/base``), and the
+``study/base``, ``sweep/base``), and the
 group YAMLs start from it (``defaults: [base]``) and set their differences. A field without a
 default is ``???`` (mandatory); tuples become lists. Plain nodes, not structured configs: the
 dataclasses are frozen, and Hydra cannot override fields of a read-only node.
@@ -66,15 +66,19 @@ def default_classes() -> dict[str, type]:
 
 
 def register_defaults() -> None:
-    """Store ``<group>/base`` for every group of :func:`default_classes`, and ``study/base``
-    (:class:`pipelines.study.StudySettings`) (idempotent)."""
+    """Store ``<group>/base`` for every group of :func:`default_classes`, ``study/base``
+    (:class:`pipelines.study.StudySettings`) and ``sweep/base``
+    (:class:`pipelines.sweep_settings.SweepSettings`) (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     from pipelines.study import StudySettings
+    from pipelines.sweep_settings import SweepSettings
 
     store = ConfigStore.instance()
-    # study/base feeds conf/study.yaml only; the other groups are conf/train.yaml's too.
-    for group, cls in {**default_classes(), "study": StudySettings}.items():
+    # study/base and sweep/base feed conf/study.yaml and conf/tune.yaml; the other groups are
+    # conf/train.yaml's too.
+    for group, cls in {**default_classes(), "study": StudySettings,
+                       "sweep": SweepSettings}.items():
         store.store(group=group, name="base", node=defaults_node(cls))
 
 

@@ -10,16 +10,19 @@ location, or a deleted run folder, has no record and so starts a new MLflow run.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipelines.train_settings import flatten
+from pipelines.train_settings import HISTORY_FILE, flatten
 from samdetr.data.storage import resolve_fs
 
 RECORD_FILE = "samdetr_run.json"
+#: Folder names of the run's checkpoints (``checkpoint_dir_name`` in pipelines.train_loop).
+CHECKPOINT_DIR = re.compile(r"^epoch_(\d{4})$")
 
 #: Settings a resumed run may change freely (flattened names; a trailing "." is a prefix):
 #: the epoch count, where things are, what is logged and how the workers are placed/restarted.
@@ -51,18 +54,33 @@ class RunRecord:
     created: str  # UTC time of the first start
 
 
-def _location(storage_path: str, run_name: str) -> tuple[pafs.FileSystem, str]:
+def _location(storage_path: str, relative: str) -> tuple[pafs.FileSystem, str]:
     fs, root = resolve_fs(storage_path)
-    return fs, f"{root.rstrip('/')}/{run_name}/{RECORD_FILE}"
+    return fs, f"{root.rstrip('/')}/{relative}"
+
+
+def read_json(storage_path: str, relative: str) -> Any:
+    """The JSON file ``<storage_path>/<relative>`` (local or object store); None if absent."""
+    fs, path = _location(storage_path, relative)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read().decode())
+
+
+def write_json(storage_path: str, relative: str, data: Any) -> None:
+    """Write ``data`` as the JSON file ``<storage_path>/<relative>`` (folders made)."""
+    fs, path = _location(storage_path, relative)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 def read_record(storage_path: str, run_name: str) -> RunRecord | None:
     """The run's record, or None when this storage holds no run of that name."""
-    fs, path = _location(storage_path, run_name)
-    if fs.get_file_info(path).type != pafs.FileType.File:
+    raw = read_json(storage_path, f"{run_name}/{RECORD_FILE}")
+    if raw is None:
         return None
-    with fs.open_input_stream(path) as stream:
-        raw = json.loads(stream.read().decode())
     try:
         return RunRecord(**raw)
     except TypeError as err:
@@ -71,10 +89,7 @@ def read_record(storage_path: str, run_name: str) -> RunRecord | None:
 
 
 def write_record(storage_path: str, record: RunRecord) -> None:
-    fs, path = _location(storage_path, record.run_name)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(json.dumps(asdict(record), indent=2, sort_keys=True).encode())
+    write_json(storage_path, f"{record.run_name}/{RECORD_FILE}", asdict(record))
 
 
 def new_record(run_name: str, run_id: str | None, uri: str | None,
@@ -108,3 +123,45 @@ def refuse_changes(run_name: str, differences: list[str]) -> None:
         f"would change the training:\n  {listed}\nRun with the stored settings, start a new run "
         "(another trainer.run_name), or accept the changes with trainer.allow_config_change=true."
     )
+
+
+def list_runs(storage_path: str) -> list[str]:
+    """Names of the runs stored under ``storage_path`` (folders holding a run record)."""
+    fs, root = resolve_fs(storage_path)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except FileNotFoundError:
+        return []
+    folders = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+    return sorted(name for name in folders if fs.get_file_info(
+        f"{root.rstrip('/')}/{name}/{RECORD_FILE}").type == pafs.FileType.File)
+
+
+def kept_checkpoints(run_root: str) -> dict[int, str]:
+    """``{epoch (0-based): folder}`` of the checkpoints a Ray Train run kept (its best and its
+    latest), local or on an object store (``run_root`` = ``<storage>/<run_name>``)."""
+    fs, root = resolve_fs(run_root)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for info in infos:
+        match = CHECKPOINT_DIR.match(info.base_name)
+        if match and info.type == pafs.FileType.Directory:
+            out[int(match.group(1)) - 1] = f"{run_root.rstrip('/')}/{info.base_name}"
+    return out
+
+
+def run_history(run_root: str) -> list[dict[str, Any]] | None:
+    """The per-epoch metrics stored with the run's latest checkpoint (every epoch it trained,
+    across restarts), or None when it has none (or predates ``history.json``)."""
+    kept = kept_checkpoints(run_root)
+    if not kept:
+        return None
+    fs, folder = resolve_fs(kept[max(kept)])
+    path = f"{folder}/{HISTORY_FILE}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read().decode())

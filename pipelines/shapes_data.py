@@ -40,3 +40,21 @@ def shapes_shards(root: Path, counts: dict[str, int], verbose: bool = False) -> 
             print(format_summary(manifest), flush=True)
         folders[split] = shards
     return folders
+
+
+def shapes_for(data: Any, counts: dict[str, int], setting: str, verbose: bool = False) -> None:
+    """Shapes into the shard folders ``data`` (``DataSettings``) names, which must be local and
+    ``<root>/shards/train`` and ``<root>/shards/val``; ``setting`` names the config asking."""
+    if data.name != "synthetic":
+        raise ValueError(f"{setting} generates synthetic shapes, but data.name is {data.name!r}: "
+                         f"set {setting}=null to train on the configured shards")
+    folders = {"train": data.train_shards, "val": data.val_shards}
+    for split, folder in folders.items():
+        if Path(folder).name != split or Path(folder).parent.name != "shards" or "://" in folder:
+            raise ValueError(f"{setting} writes local shards into '<root>/shards/{split}'; "
+                             f"data.{split}_shards={folder!r} is not such a folder")
+    root = Path(folders["train"]).parent.parent
+    if Path(folders["val"]).parent.parent != root:
+        raise ValueError(f"{setting} needs data.train_shards and data.val_shards under "
+                         "the same '<root>/shards/' folder")
+    shapes_shards(root, counts, verbose)

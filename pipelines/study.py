@@ -125,7 +125,9 @@ def run_study(study: StudySettings, base: TrainSettings, command: str) -> dict[s
     finished = {run.key for run in runs if _finished(run, record["runs"].get(run.key))}
     connect(base.trainer.ray_address, verbose=base.trainer.verbose, log_to_driver=True)
     if study.make_data:
-        _make_data(study, base)
+        from pipelines.shapes_data import shapes_for
+
+        shapes_for(base.data, dict(study.make_data), "study.make_data", base.trainer.verbose)
     tracking = StudyTracking.open(base.tracking, study, record.get("parent_run_id"), command)
     record["parent_run_id"] = tracking.run_id
     for number, run in enumerate(runs, 1):
@@ -168,22 +170,6 @@ def _finished(run: StudyRun, entry: dict[str, Any] | None) -> bool:
     return entry is not None and len(entry["history"]) >= trainer.epochs
 
 
-def _make_data(study: StudySettings, base: TrainSettings) -> None:
-    """Synthetic shapes into the configured shard folders (local ones only)."""
-    from pipelines.shapes_data import shapes_shards
-
-    folders = {"train": base.data.train_shards, "val": base.data.val_shards}
-    for split, folder in folders.items():
-        if Path(folder).name != split or "://" in folder:
-            raise ValueError(f"study.make_data writes local shards into '<root>/shards/{split}'; "
-                             f"data.{split}_shards={folder!r} is not such a folder")
-    root = Path(folders["train"]).parent.parent
-    if Path(folders["val"]).parent.parent != root:
-        raise ValueError("study.make_data needs data.train_shards and data.val_shards under "
-                         "the same '<root>/shards/' folder")
-    shapes_shards(root, dict(study.make_data), base.trainer.verbose)
-
-
 def _history(summary: dict[str, Any]) -> list[dict[str, float]]:
     """The per-epoch history stored in the run's latest checkpoint (Ray's Checkpoint API, so
     object-store runs work the same)."""
@@ -223,28 +209,16 @@ def _facts(record: dict[str, Any], command: str, seconds: float) -> dict[str, st
     }
 
 
-def _record_location(storage_path: str, name: str) -> tuple[Any, str]:
-    from samdetr.data.storage import resolve_fs
-
-    fs, root = resolve_fs(storage_path)
-    return fs, f"{root.rstrip('/')}/{name}/{RECORD_FILE}"
-
-
 def _read_record(storage_path: str, name: str) -> dict[str, Any]:
-    import pyarrow.fs as pafs
+    from pipelines.run_record import read_json
 
-    fs, path = _record_location(storage_path, name)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return {"parent_run_id": None, "runs": {}}
-    with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read().decode())
+    return read_json(storage_path, f"{name}/{RECORD_FILE}") or {"parent_run_id": None, "runs": {}}
 
 
 def _write_record(storage_path: str, name: str, record: dict[str, Any]) -> None:
-    fs, path = _record_location(storage_path, name)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(json.dumps(record, indent=1, sort_keys=True).encode())
+    from pipelines.run_record import write_json
+
+    write_json(storage_path, f"{name}/{RECORD_FILE}", record)
 
 
 def _say(line: str) -> None:

@@ -40,21 +40,11 @@ class StudyTracking:
     def open(cls, tracking: TrackingSettings, study: Any, run_id: str | None,
              command: str) -> StudyTracking:
         """Reopen the parent run of an interrupted study, or create it."""
-        if not tracking.enabled:
-            return cls(None, None)
-        from pipelines.tracking import create_run, reopen_run
+        from pipelines.tracking import open_parent_run
 
-        uri = tracking.resolved_uri()
-        if run_id:
-            _quietly("reopen the study's MLflow run", reopen_run, uri, run_id, study.name)
-        else:
-            params = flatten({"study": asdict(study)})
-            run_id = _quietly("create the study's MLflow run", create_run, uri,
-                              tracking.experiment, study.name, params, command + "\n",
-                              tracking.artifact_location)
-        if run_id:
-            print(f"[study] MLflow parent run {run_id} at {uri}", flush=True)
-        return cls(uri, run_id)
+        params = flatten({"study": asdict(study)})
+        return cls(*open_parent_run(tracking, study.name, params, command + "\n", run_id,
+                                    "study"))
 
     def finish(self, histories: Histories, facts: dict[str, str], report: Path | None,
                baseline: str) -> None:
@@ -97,10 +87,8 @@ class StudyTracking:
             client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
 
+
 def _quietly(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except Exception as err:  # noqa: BLE001 - tracking never ends a study
-        print(f"[study] warning: could not {what} ({type(err).__name__}: {str(err)[:300]})",
-              flush=True)
-        return None
+    from pipelines.tracking import quietly
+
+    return quietly(what, fn, *args, prefix="study")

@@ -21,6 +21,20 @@ from typing import Any
 RUN_NAME_TAG = "samdetr.run_name"
 
 
+def quietly(what: str, fn: Callable[..., Any], *args: Any, prefix: str = "samdetr",
+            warnings: list[str] | None = None) -> Any:
+    """``fn(*args)``, with a failure turned into a printed warning (appended to ``warnings``)
+    and ``None``: tracking never ends a training run, a study or a sweep."""
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001 - MLflow raises many kinds
+        message = f"could not {what} ({type(err).__name__}: {str(err)[:300]})"
+        if warnings is not None:
+            warnings.append(message)
+        print(f"[{prefix}] warning: {message}", flush=True)
+        return None
+
+
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     """Fail now, with a clear message, if the tracking store cannot be used.
 
@@ -115,6 +129,25 @@ def finish_run(uri: str, run_id: str, ok: bool) -> None:
     from mlflow.tracking import MlflowClient
 
     MlflowClient(uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def open_parent_run(tracking: Any, name: str, params: dict[str, str], text: str,
+                    run_id: str | None, prefix: str) -> tuple[str | None, str | None]:
+    """``(uri, run_id)`` of the parent run of a study or sweep (``tracking``: its
+    ``TrackingSettings``): ``run_id`` reopened when resuming, else a new run with ``params`` and
+    ``text`` (the command or config) as ``config.yaml``. ``(None, None)`` with tracking off;
+    a store that fails here is a warning and gives ``(uri, None)`` (nothing is tracked)."""
+    if not tracking.enabled:
+        return None, None
+    uri = tracking.resolved_uri()
+    if run_id:
+        quietly(f"reopen the MLflow run of {name}", reopen_run, uri, run_id, name, prefix=prefix)
+    else:
+        run_id = quietly(f"create the MLflow run of {name}", create_run, uri, tracking.experiment,
+                         name, params, text, tracking.artifact_location, prefix=prefix)
+    if run_id:
+        print(f"[{prefix}] MLflow parent run {run_id} at {uri}", flush=True)
+    return uri, run_id
 
 
 class RunLogger:

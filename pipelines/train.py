@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from pipelines.cluster import check_cluster
@@ -31,13 +31,13 @@ from pipelines.run_record import (
     refuse_changes,
     write_record,
 )
-from pipelines.tracking import check_reachable, create_run, finish_run, reopen_run
+from pipelines.tracking import check_reachable, create_run, finish_run, quietly, reopen_run
 from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings, flatten
 from pipelines.trainer import TrainJob, build_trainer
 from samdetr.engine.evaluation import manifest_summary
 
 
-def _check_data(settings: TrainSettings) -> dict[str, Any]:
+def check_data(settings: TrainSettings) -> dict[str, Any]:
     """Both shard sets exist and the model has a logit for every category id."""
     train = manifest_summary(settings.data.train_shards)
     val = manifest_summary(settings.data.val_shards)
@@ -58,14 +58,16 @@ def _check_data(settings: TrainSettings) -> dict[str, Any]:
     return {"train": train, "val": val}
 
 
-def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, Any]:
+def run_training(settings: TrainSettings, config_yaml: str = "",
+                 callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train (or resume) the run; returns a summary with the best checkpoint and metrics.
 
     Local paths in ``settings`` are made absolute here, once, against the current folder.
+    ``callbacks``: Ray Train callbacks of the run (a Tune trial passes ``TuneReportCallback``).
     """
     settings = settings.resolved()
     previous = previous_record(settings)
-    data = _check_data(settings)
+    data = check_data(settings)
     if settings.tracking.enabled:  # before any minute is spent on training
         check_reachable(settings.tracking.resolved_uri())
     _connect(settings.trainer.ray_address, settings.trainer.verbose)
@@ -74,16 +76,17 @@ def run_training(settings: TrainSettings, config_yaml: str = "") -> dict[str, An
     store_record(settings, previous, run_id, uri)
     warnings: list[str] = []
     try:
-        summary = _fit(settings, data, run_id, uri)
+        summary = _fit(settings, data, run_id, uri, callbacks)
     except BaseException:
         if run_id is not None:  # whatever stopped the run, MLflow must not show it running
-            _quietly(warnings, "mark the MLflow run FAILED", finish_run, uri, run_id, False)
+            quietly("mark the MLflow run FAILED", finish_run, uri, run_id, False,
+                        warnings=warnings)
         raise
     if run_id is not None:
-        logged = _quietly(warnings, "log the model", log_best_model, settings.tracking, uri,
-                          run_id, summary["best_checkpoint"], summary["best"])
+        logged = quietly("log the model", log_best_model, settings.tracking, uri, run_id,
+                         summary["best_checkpoint"], summary["best"], warnings=warnings)
         summary.update(logged or {})
-        _quietly(warnings, "mark the MLflow run FINISHED", finish_run, uri, run_id, True)
+        quietly("mark the MLflow run FINISHED", finish_run, uri, run_id, True, warnings=warnings)
         summary["mlflow_run_id"] = run_id
         summary["tracking_uri"] = uri
     summary["tracking_failures"] += len(warnings)
@@ -151,23 +154,12 @@ def open_tracking(settings: TrainSettings, previous: RunRecord | None,
     return run_id, uri
 
 
-def _quietly(warnings: list[str], what: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``; a failure is a warning (training is done and its checkpoints are kept)."""
-    try:
-        return fn(*args)
-    except Exception as err:  # noqa: BLE001 - tracking never ends a training run
-        message = f"could not {what} ({type(err).__name__}: {str(err)[:300]})"
-        warnings.append(message)
-        _say(f"warning: {message}; the checkpoints are kept")
-        return None
-
-
 def _say(line: str) -> None:
     print(f"[samdetr] {line}", flush=True)
 
 
 def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
-         uri: str | None) -> dict[str, Any]:
+         uri: str | None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Ray Train's run (with the run's epoch clock); the summary of its checkpoints."""
     from pipelines.data import EpochClock
 
@@ -175,7 +167,7 @@ def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
     try:
         job = TrainJob(run_id, uri, data["train"]["categories"], clock.name,
                        train_images=data["train"]["images"])
-        trainer = build_trainer(settings, job)
+        trainer = build_trainer(settings, job, callbacks)
         start = time.perf_counter()
         return _summarise(trainer.fit(), settings, time.perf_counter() - start, job.fit_id)
     finally:
@@ -196,7 +188,8 @@ def _summarise(result: Any, settings: TrainSettings, seconds: float,
         raise result.error
     if not result.best_checkpoints:
         raise RuntimeError("training reported no checkpoint")
-    best, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["AP"])
+    metric = settings.trainer.checkpoint_metric
+    best, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][metric])
     return {
         "run_name": settings.trainer.run_name,
         "best_checkpoint": _checkpoint_file(settings, best),

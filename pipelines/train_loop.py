@@ -7,6 +7,7 @@ over the workers, checkpoints, and rank 0's MLflow logging.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from pipelines.console import EpochBar, estimated_steps, quiet_worker
 from pipelines.data import EpochClock, PadCollate
 from pipelines.pictures import picture_images, pictures_grid, unwrap
-from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings
+from pipelines.train_settings import CHECKPOINT_FILE, HISTORY_FILE, TrainSettings
 from pipelines.trainer import TrainJob
 from samdetr.builder import build_criterion, build_model
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
@@ -301,8 +302,9 @@ def _log_epoch(worker: _Worker, epoch: int, epoch_metrics: dict[str, float],
 def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _Progress) -> None:
     """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint."""
     settings, job = worker.settings, worker.job
-    # For the driver only, not the checkpoint: which call reported, and tracking failures.
-    status: dict[str, Any] = {"fit_id": job.fit_id}
+    # For the driver only, not the checkpoint: which call reported, epochs trained (a Tune
+    # scheduler's clock, unchanged by restarts), and tracking failures.
+    status: dict[str, Any] = {"fit_id": job.fit_id, "epochs_done": epoch + 1}
     if worker.logger is not None:
         status["tracking_failures"] = worker.logger.failures + worker.logger.dropped
     with tempfile.TemporaryDirectory() as folder:
@@ -325,6 +327,8 @@ def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _P
                 categories=list(job.categories),
                 mlflow_run_id=job.run_id or "",
             )
+            with open(os.path.join(folder, HISTORY_FILE), "w") as out:
+                json.dump(progress.history, out, default=float)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(
             {"epoch": epoch, **metrics, **status}, checkpoint=checkpoint,

@@ -16,10 +16,13 @@ import torch
 
 from samdetr.config import DetectorConfig, known_fields
 from samdetr.data.storage import absolute, is_uri
+from samdetr.engine.coco_eval import METRIC_NAMES
 from samdetr.engine.optim import OptimConfig
 
 #: File name of the samdetr checkpoint inside each Ray Train checkpoint folder.
 CHECKPOINT_FILE = "checkpoint.pt"
+#: Beside it: the run's per-epoch metrics so far as JSON (readable without loading weights).
+HISTORY_FILE = "history.json"
 #: Keys of a ``data`` config group (conf/data/*.yaml) that only preprocessing reads.
 SOURCE_KEYS = ("annotations", "images", "root")
 
@@ -96,6 +99,9 @@ class TrainerSettings:
     bf16: bool = False  # bfloat16 autocast (GPU only)
     seed: int = 42  # each worker seeds with seed + rank (+ epoch), as the official code
     max_failures: int = 3  # worker-group restarts from the last checkpoint
+    # The validation metric that picks the best checkpoint (kept beside the latest, logged as
+    # the run's model); a sweep sets it to the metric it compares trials on.
+    checkpoint_metric: str = "AP"
     log_every: int = 10  # steps between per-step metrics
     num_pictures: int = 4  # validation images drawn with predictions each epoch
     ray_address: str | None = None  # None: embedded local Ray, or RAY_ADDRESS
@@ -127,6 +133,9 @@ class TrainerSettings:
         _positive_int(self.log_every, "trainer.log_every")
         _positive_int(self.num_pictures, "trainer.num_pictures", 0)
         _positive_int(self.seed, "trainer.seed", 0)
+        if self.checkpoint_metric not in METRIC_NAMES:
+            raise ValueError(f"trainer.checkpoint_metric must be one of {list(METRIC_NAMES)}, "
+                             f"got {self.checkpoint_metric!r}")
         for name in ("use_gpu", "bf16", "allow_config_change", "verbose"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"trainer.{name} must be true or false")

@@ -56,9 +56,10 @@ def run_config(settings: TrainSettings, callbacks: Sequence[Any] = ()) -> Any:
     return RunConfig(
         name=trainer.run_name,
         storage_path=trainer.storage_path,
-        # Keeps the best checkpoint by AP; Ray Train always keeps the latest as well.
+        # Keeps the best checkpoint by the metric; Ray Train always keeps the latest as well.
         checkpoint_config=CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute="AP", checkpoint_score_order="max"
+            num_to_keep=1, checkpoint_score_attribute=trainer.checkpoint_metric,
+            checkpoint_score_order="max",
         ),
         failure_config=FailureConfig(max_failures=trainer.max_failures),
         callbacks=list(callbacks),

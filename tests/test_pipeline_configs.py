@@ -24,7 +24,7 @@ from pipelines.config_defaults import register_defaults, settings_dict  # noqa: 
 from pipelines.preprocess import PreprocessConfig  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-ENTRY_POINTS = ("train", "preprocess", "evaluate", "make_synthetic")
+ENTRY_POINTS = ("train", "preprocess", "evaluate", "make_synthetic", "tune")
 
 
 def _compose(config_name: str, overrides: list[str], hydra_node: bool = False):
@@ -86,38 +86,43 @@ def fingerprint(config_name: str, overrides: list[str]) -> str:
 
 
 # Fingerprints of the configs composed from conf/ (first taken at commit 47a7925, where every
-# default was restated in YAML; since then the new fields model.backbone.last_stage and
-# tracking.parent_run_id, the recipe experiment=shapes_small and conf/study.yaml), with
+# default was restated in YAML; since then the new fields model.backbone.last_stage,
+# tracking.parent_run_id and trainer.checkpoint_metric, the recipe experiment=shapes_small,
+# conf/study.yaml and conf/tune.yaml), with
 # MLFLOW_TRACKING_URI and SAMDETR_STORAGE unset.
 # A deliberate change of a composed config changes its fingerprint: update it here then.
 FINGERPRINTS = {
-    "train": "11ac6c94e77dbd32",
-    "train experiment=shapes_small": "509d3068f7568dcb",
-    "train experiment=sam_detr_r50_dc5_e12": "db9ba73bf41202f6",
-    "train experiment=sam_detr_r50_dc5_e50": "dfda821638dc28b9",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "0c4a5480a2ab40ac",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "8ff2e147e2304627",
-    "train experiment=sam_detr_r50_e12": "ca31bb872b86863d",
-    "train experiment=sam_detr_r50_e50": "4d682d9f145f6a5b",
-    "train experiment=sam_detr_r50_smca_e12": "d6bb79be22d04d86",
-    "train experiment=sam_detr_r50_smca_e50": "dc17fe647089ad37",
-    "train model=baseline_r50": "302fc4ecf790e70d",
-    "train model=sam_detr_r50": "336272fae7f16a50",
-    "train model=sam_detr_r50_dc5": "d2d05463fc067456",
-    "train model=sam_detr_r50_dc5_smca": "6f22b0c2618bcc80",
-    "train model=sam_detr_r50_smca": "0cf2db31c0dd590b",
-    "train data=coco128": "bad9a976f08053ec",
-    "train data=coco2017": "f471ac54807a303d",
-    "train trainer=gpu": "3f0038fc0688a478",
-    "train tracking=server": "29ab8d5c431cef42",
+    "train": "b403ff8298a7657d",
+    "train experiment=shapes_small": "d58acde8702279a1",
+    "train experiment=sam_detr_r50_dc5_e12": "140aff8b8b980090",
+    "train experiment=sam_detr_r50_dc5_e50": "0f75bf38fa35eb89",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "44419536ea903acf",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "1ce76583d4c20eb2",
+    "train experiment=sam_detr_r50_e12": "1238fb45eec6506b",
+    "train experiment=sam_detr_r50_e50": "2269236652aa2f80",
+    "train experiment=sam_detr_r50_smca_e12": "984d369b03d1f743",
+    "train experiment=sam_detr_r50_smca_e50": "ff30b3bda8253ade",
+    "train model=baseline_r50": "a9e343efd7bff2c6",
+    "train model=sam_detr_r50": "fc3fda845921d9ef",
+    "train model=sam_detr_r50_dc5": "dbef9b94694d062e",
+    "train model=sam_detr_r50_dc5_smca": "38943354801411f1",
+    "train model=sam_detr_r50_smca": "d4fdd705308d04bb",
+    "train data=coco128": "f9e8e37c120720a2",
+    "train data=coco2017": "c0fcebfa8834da1e",
+    "train trainer=gpu": "ed4a32ca0cb1ad6e",
+    "train tracking=server": "698ea16332595357",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "c540f13bc05a7ff4",
+        "6e9b07a98b60f333",
     "preprocess": "e4f3779aab0ea1d9",
     "preprocess data=synthetic split=val": "84dd83cb6188b853",
     "preprocess data=coco2017 split=val": "6980c482e6d367d3",
     "evaluate shards=x": "1c5988f0b9bf8036",
     "make_synthetic": "6bf71df80590184c",
-    "study": "7040e7e68f0c52eb",
+    "study": "ad69f47ec0a5ffef",
+    "tune": "9ace4db6e9503042",
+    "tune sweep=m_smca_lr": "6a765ee11cfbd7f6",
+    "tune experiment=sam_detr_r50_e12 data=coco2017 trainer=gpu tracking=server":
+        "98f100c9097ce2bb",
 }
 
 
@@ -158,7 +163,7 @@ def test_outputs_is_named_in_one_place():
 @pytest.mark.parametrize("config_name, data", [
     *[(name, data) for name in ("train", "preprocess")
       for data in ("synthetic", "coco128", "coco2017")],
-    ("evaluate", None), ("make_synthetic", None),
+    ("evaluate", None), ("make_synthetic", None), ("tune", None),
 ])
 def test_one_override_moves_every_output(config_name, data, tmp_path):
     overrides = [f"output_root={tmp_path}"] + ([f"data={data}"] if data else []) + (

@@ -44,6 +44,7 @@ __all__ = [
     "ShardDataset",
     "clear_manifest",
     "iter_rows",
+    "manifest_checksum",
     "read_manifest",
     "verify_shards",
     "write_atomic",
@@ -187,6 +188,19 @@ def write_manifest(
     write_atomic(fs, _join(base, MANIFEST_NAME), text.encode())
     manifest["root"] = os.fspath(shard_dir)
     return manifest
+
+
+def manifest_checksum(shard_dir: str | os.PathLike[str], fs: pafs.FileSystem | None = None) -> str:
+    """SHA-256 (hex) of the shard set's ``manifest.json`` bytes: it names the shards' own
+    checksums, so it identifies the data (registry tags and promotion checks compare it)."""
+    rfs, base = resolve_fs(shard_dir, fs)
+    try:
+        with rfs.open_input_stream(_join(base, MANIFEST_NAME)) as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f"no manifest in {os.fspath(shard_dir)}: not a complete shard set"
+        ) from exc
 
 
 def read_manifest(

@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 
 from samdetr.data.loader import RowDecoder, collate
-from samdetr.data.shards import ShardDataset, iter_rows, read_manifest
+from samdetr.data.shards import ShardDataset, iter_rows, manifest_checksum, read_manifest
 from samdetr.data.transforms import eval_transforms
 from samdetr.engine.coco_eval import coco_from_dict
 
@@ -89,9 +89,10 @@ def eval_loader(
 
 
 def manifest_summary(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Image count, class count K and categories of a shard set (from its manifest)."""
+    """Image count, class count K, categories and manifest checksum of a shard set."""
     manifest = read_manifest(shard_dir)
     return {
+        "manifest_sha256": manifest_checksum(shard_dir),
         "images": manifest["num_rows"],
         "num_classes": manifest["num_classes"],
         "categories": [{"id": c["id"], "name": c["name"]} for c in manifest["categories"]],
