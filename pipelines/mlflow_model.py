@@ -52,6 +52,7 @@ SIGNATURE = ModelSignature(
             ParamSpec("score_threshold", "double", 0.0),
             ParamSpec("num_top", "long", 100),
             ParamSpec("exif_transpose", "boolean", True),
+            ParamSpec("clip_boxes", "boolean", True),
         ]
     ),
 )

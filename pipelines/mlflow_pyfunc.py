@@ -10,7 +10,8 @@ Input: a pandas DataFrame with a column ``image`` of encoded image bytes (JPEG, 
 size, any number of rows; the scoring server base64-decodes JSON input for this binary column).
 Output: one row per detection with the columns of :data:`OUTPUT_DTYPES`.
 Params: ``score_threshold`` (keep rows with ``score >= threshold``), ``num_top`` (detections
-per image before thresholding) and ``exif_transpose`` (apply EXIF orientation first).
+per image before thresholding), ``exif_transpose`` (apply EXIF orientation first) and
+``clip_boxes`` (clip boxes to the image; off for COCO evaluation, as in training).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ OUTPUT_DTYPES = {
     "y2": "float64",
 }
 # Used when predict is called without MLflow (which fills in the signature's defaults).
-PARAM_DEFAULTS = {"score_threshold": 0.0, "num_top": 100, "exif_transpose": True}
+PARAM_DEFAULTS = {"score_threshold": 0.0, "num_top": 100, "exif_transpose": True,
+                  "clip_boxes": True}
 IMAGE_COLUMN = "image"
 
 
@@ -82,6 +84,7 @@ class SAMDETRModel(mlflow.pyfunc.PythonModel):
             images,
             exif_transpose=bool(options["exif_transpose"]),
             num_top=operator.index(options["num_top"]),  # numpy ints from the schema too
+            clip_boxes=bool(options["clip_boxes"]),
         )
         if threshold > 0:
             results = [

@@ -157,7 +157,8 @@ class Predictor:
 
     # ------------------------------------------------------------------------- inference
     @torch.no_grad()
-    def _run(self, tensors: list[Tensor], sizes: list[Tensor], num_top: int) -> list[dict]:
+    def _run(self, tensors: list[Tensor], sizes: list[Tensor], num_top: int,
+             clip_boxes: bool = True) -> list[dict]:
         """Same-shape images -> one result dict each (on the CPU)."""
         batch, mask = pad_images(tensors)  # no padding: callers group images by shape
         outputs = self.model(batch.to(self.device), mask.to(self.device))
@@ -170,10 +171,13 @@ class Predictor:
         out = []
         for result, size, pts in zip(results, target_sizes, points, strict=True):
             pts = pts[result["queries"]]  # (k, M, 2): the salient points of each detection
-            # Predicted boxes may reach past the border; a caller wants pixels inside the image.
-            height, width = size.to(result["boxes"].dtype).unbind()
-            limits = torch.stack([width, height, width, height])
-            boxes = torch.minimum(result["boxes"].clamp(min=0), limits)
+            # Predicted boxes may reach past the border; a caller wants pixels inside the image
+            # (COCO evaluation, as the official code's, takes them unclipped).
+            boxes = result["boxes"]
+            if clip_boxes:
+                height, width = size.to(boxes.dtype).unbind()
+                limits = torch.stack([width, height, width, height])
+                boxes = torch.minimum(boxes.clamp(min=0), limits)
             out.append(
                 {
                     "scores": result["scores"].cpu(),
@@ -190,6 +194,7 @@ class Predictor:
         exif_transpose: bool = True,
         *,
         num_top: int | None = None,
+        clip_boxes: bool = True,
     ) -> list[dict[str, Tensor]]:
         """Detect objects in ``images``.
 
@@ -199,12 +204,15 @@ class Predictor:
             exif_transpose: apply the EXIF orientation first, so that boxes refer to the image
                 as a viewer shows it (off: the stored pixel orientation).
             num_top: detections per image for this call instead of ``self.num_top``.
+            clip_boxes: clip the boxes to the image (off: as predicted, which may reach past the
+                border; COCO evaluation scores them so, as the training-time evaluation does).
         Returns:
             One dict per image, in input order: ``scores`` (k,) descending, ``labels`` (k,) int64
             category ids, ``boxes`` (k, 4) absolute (x1, y1, x2, y2) pixels of the (oriented)
-            original image, clipped to it, ``points`` (k, M, 2) the salient points of each
-            detection's query, normalised (x, y) relative to the image (M = 0 for the baseline
-            decoder); k = min(num_top, Q * K). An empty ``images`` gives an empty list.
+            original image (clipped to it unless ``clip_boxes`` is off), ``points`` (k, M, 2)
+            the salient points of each detection's query, normalised (x, y) relative to the
+            image (M = 0 for the baseline decoder); k = min(num_top, Q * K). An empty
+            ``images`` gives an empty list.
         """
         if isinstance(images, (bytes, bytearray, memoryview, Image.Image, str)) or not isinstance(
             images, Sequence
@@ -224,7 +232,8 @@ class Predictor:
             for members in groups.values():
                 for first in range(0, len(members), self.batch_size):
                     chunk = members[first : first + self.batch_size]
-                    outs = self._run([m[1] for m in chunk], [m[2] for m in chunk], num_top)
+                    outs = self._run([m[1] for m in chunk], [m[2] for m in chunk], num_top,
+                                     clip_boxes)
                     for (index, _, _), out in zip(chunk, outs, strict=True):
                         results[index] = out
         return results  # type: ignore[return-value]

@@ -24,7 +24,7 @@ from pipelines.config_defaults import register_defaults, settings_dict  # noqa: 
 from pipelines.preprocess import PreprocessConfig  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-ENTRY_POINTS = ("train", "preprocess", "evaluate", "make_synthetic", "tune")
+ENTRY_POINTS = ("train", "preprocess", "evaluate", "make_synthetic", "tune", "predict")
 
 
 def _compose(config_name: str, overrides: list[str], hydra_node: bool = False):

@@ -10,14 +10,16 @@ unreachable server fails at once with a clear message instead of deep inside a r
 
 from __future__ import annotations
 
+import fnmatch
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-__all__ = ["absolute", "file_sizes", "is_local", "is_uri", "resolve_fs"]
+__all__ = ["absolute", "file_sizes", "is_local", "is_uri", "list_files", "read_file", "resolve_fs"]
 
 # Signs of a refused bucket-level request (S3 HeadBucket needs s3:ListBucket, GCS bucket
 # metadata needs storage.buckets.get): object-level rights may still suffice, so go on.
@@ -130,3 +132,62 @@ def file_sizes(
         if info.type == pafs.FileType.File and info.path.startswith(root + "/")
     }
     return {n: listed.get(n.lstrip("/"), 0) for n in names}
+
+
+#: File name endings :func:`list_files` takes as images by default.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_GLOB = re.compile(r"[*?\[]")
+
+
+def list_files(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    suffixes: Sequence[str] = IMAGE_SUFFIXES,
+) -> list[str]:
+    """The files that ``sources`` name, local or at URIs, in a stable order.
+
+    Each source is a file (taken whatever its name), a folder (its files ending in one of
+    ``suffixes``, case-insensitive, not recursing), or a glob (``*``, ``?``, ``[...]`` in the
+    last part, e.g. ``s3://bucket/photos/*.jpg``; ``**`` is not supported). Paths come back as
+    given (URIs stay URIs; local paths made absolute); duplicates are dropped. ValueError for a
+    source that names nothing.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    out: list[str] = []
+    for source in sources:
+        source = os.fspath(source)
+        found = _expand(source, tuple(s.lower() for s in suffixes))
+        if not found:
+            raise ValueError(f"{source!r} names no file (no such file or folder, or no "
+                             f"{'/'.join(suffixes)} file in it)")
+        out += [f for f in found if f not in out]
+    return out
+
+
+def _expand(source: str, suffixes: tuple[str, ...]) -> list[str]:
+    head, _, tail = source.rpartition("/")
+    if _GLOB.search(tail) and not _GLOB.search(head):
+        pattern = tail
+    elif _GLOB.search(source):
+        raise ValueError(f"{source!r}: only the last part of a path may hold a wildcard")
+    else:
+        head, pattern = source, None
+    fs, path = resolve_fs(head or ".")
+    prefix = head.rstrip("/") if is_uri(head) else path.rstrip("/")
+    info = fs.get_file_info(path)
+    if pattern is None and info.type == pafs.FileType.File:
+        return [source if is_uri(source) else path]
+    if info.type != pafs.FileType.Directory:
+        return []
+    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
+                   if i.type == pafs.FileType.File)
+    if pattern is not None:
+        return [f"{prefix}/{n}" for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return [f"{prefix}/{n}" for n in names if n.lower().endswith(suffixes)]
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a local file or of an object at a URI."""
+    fs, resolved = resolve_fs(path)
+    with fs.open_input_file(resolved) as stream:
+        return stream.read()

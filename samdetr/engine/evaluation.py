@@ -11,6 +11,7 @@ process) use the same pieces, so a checkpoint scores the same in both.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from samdetr.data.loader import RowDecoder, collate
 from samdetr.data.shards import ShardDataset, iter_rows, manifest_checksum, read_manifest
-from samdetr.data.transforms import eval_transforms
+from samdetr.data.transforms import eval_transforms, resized_shape
 from samdetr.engine.coco_eval import coco_from_dict
 
 _GT_COLUMNS = ["image_id", "file_name", "width", "height", "boxes", "category_ids", "iscrowd",
@@ -54,6 +55,37 @@ def ground_truth(
     )
 
 
+def shape_batches(shapes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Image indices cut into batches of at most ``batch_size`` images of one shape each.
+
+    Images are taken in order; each goes into the open batch of its shape (a new batch when
+    there is none or it is full). Batches come in the order of their first image, so the cut
+    depends only on the shapes, never on how many processes share the work.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    open_batch: dict[tuple[int, int], list[int]] = {}
+    batches: list[list[int]] = []
+    for index, shape in enumerate(shapes):
+        batch = open_batch.get(shape)
+        if batch is None or len(batch) == batch_size:
+            batch = open_batch[shape] = []
+            batches.append(batch)
+        batch.append(index)
+    return batches
+
+
+def eval_shapes(
+    shard_dir: str | os.PathLike[str], size: int, max_size: int | None,
+    fs: pafs.FileSystem | None = None,
+) -> list[tuple[int, int]]:
+    """``(width, height)`` of every image of the shard set after the evaluation resize, from
+    the stored sizes (no image is decoded)."""
+    manifest = read_manifest(shard_dir, fs)
+    return [resized_shape(int(row["width"]), int(row["height"]), size, max_size)
+            for row in iter_rows(manifest, fs, shard_dir, columns=["width", "height"])]
+
+
 def eval_loader(
     shard_dir: str | os.PathLike[str],
     size: int = 800,
@@ -65,26 +97,22 @@ def eval_loader(
 ) -> DataLoader:
     """Batches of this rank's part of the shard set, resized for evaluation; crowd boxes kept.
 
-    The set is cut into batches in stored order and whole batches are dealt to the ranks
-    (batch ``k`` to rank ``k % world_size``): every image is seen exactly once, none dropped,
-    and each batch holds the same images whatever the number of ranks. That matters because
-    zero padding changes the backbone's features near the right/bottom edges, so scores
-    depend (slightly) on which images share a batch; this way a checkpoint scores the same in
-    one process as it did spread over the training workers.
+    Each batch holds images of one size after resizing (:func:`shape_batches`), so none is
+    padded: zero padding changes the backbone's features near the right and bottom edges, and
+    an image's detections would depend on which images share its batch. This way every image is
+    scored as if alone, as :class:`samdetr.inference.Predictor` (and the registered MLflow model
+    built on it) scores it, and the same in one process as spread over the training workers.
+    Whole batches are dealt to the ranks (batch ``k`` to rank ``k % world_size``): every image is
+    seen exactly once, none dropped.
     """
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad eval split: batch_size={batch_size}, rank={rank}/{world_size}")
     decoder = RowDecoder(eval_transforms(size, max_size), drop_crowd=False)
     dataset = ShardDataset(shard_dir, transform=decoder)
-    size = len(dataset)
-    mine = [
-        i
-        for first in range(rank * batch_size, size, world_size * batch_size)
-        for i in range(first, min(first + batch_size, size))
-    ]
+    batches = shape_batches(eval_shapes(shard_dir, size, max_size), batch_size)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=mine, collate_fn=collate, num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        dataset, batch_sampler=batches[rank::world_size], collate_fn=collate,
+        num_workers=num_workers, persistent_workers=num_workers > 0,
     )
 
 
