@@ -77,7 +77,8 @@ def checkpoint_file(path: str) -> str:
     return path
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU if there is one, else the CPU; otherwise the named device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -96,7 +97,7 @@ def evaluate_checkpoint(
 
     with local_checkpoint(path) as local:
         model, _, extra = load_checkpoint(local)
-    target = _device(device)
+    target = resolve_device(device)
     model.to(target)
     sizes = dict(extra.get("eval_transform") or {})
     batch_size = batch_size or int(extra.get("eval_batch_size", 4))

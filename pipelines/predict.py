@@ -99,23 +99,16 @@ def _checkpoint_of(config: PredictConfig) -> Iterator[str]:
         yield os.path.join(local, artifact)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def run_predict(config: PredictConfig) -> dict[str, Any]:
     """Detect, write the outputs; returns ``{"images", "detections", "skipped", "output"}``."""
+    from pipelines.evaluate import resolve_device
     from samdetr.inference import Predictor
 
     files = list_files(config.images)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     with _checkpoint_of(config) as checkpoint:
-        predictor = Predictor.from_checkpoint(checkpoint, device=_device(config.device),
+        predictor = Predictor.from_checkpoint(checkpoint, device=resolve_device(config.device),
                                               batch_size=config.batch_size,
                                               num_top=config.num_top)
     records, skipped = _detect_all(predictor, files, config, out)

@@ -125,14 +125,19 @@ def refuse_changes(run_name: str, differences: list[str]) -> None:
     )
 
 
-def list_runs(storage_path: str) -> list[str]:
-    """Names of the runs stored under ``storage_path`` (folders holding a run record)."""
-    fs, root = resolve_fs(storage_path)
+def _subfolders(path: str) -> tuple[pafs.FileSystem, str, list[str]]:
+    """``(fs, path on it, names of the folders directly in it)``; none if it does not exist."""
+    fs, root = resolve_fs(path)
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except FileNotFoundError:
-        return []
-    folders = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+        infos = []
+    return fs, root, [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+
+
+def list_runs(storage_path: str) -> list[str]:
+    """Names of the runs stored under ``storage_path`` (folders holding a run record)."""
+    fs, root, folders = _subfolders(storage_path)
     return sorted(name for name in folders if fs.get_file_info(
         f"{root.rstrip('/')}/{name}/{RECORD_FILE}").type == pafs.FileType.File)
 
@@ -140,28 +145,14 @@ def list_runs(storage_path: str) -> list[str]:
 def kept_checkpoints(run_root: str) -> dict[int, str]:
     """``{epoch (0-based): folder}`` of the checkpoints a Ray Train run kept (its best and its
     latest), local or on an object store (``run_root`` = ``<storage>/<run_name>``)."""
-    fs, root = resolve_fs(run_root)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    except FileNotFoundError:
-        return {}
-    out = {}
-    for info in infos:
-        match = CHECKPOINT_DIR.match(info.base_name)
-        if match and info.type == pafs.FileType.Directory:
-            out[int(match.group(1)) - 1] = f"{run_root.rstrip('/')}/{info.base_name}"
-    return out
+    _, _, folders = _subfolders(run_root)
+    matches = [(CHECKPOINT_DIR.match(name), name) for name in folders]
+    return {int(match.group(1)) - 1: f"{run_root.rstrip('/')}/{name}"
+            for match, name in matches if match}
 
 
 def run_history(run_root: str) -> list[dict[str, Any]] | None:
     """The per-epoch metrics stored with the run's latest checkpoint (every epoch it trained,
     across restarts), or None when it has none (or predates ``history.json``)."""
     kept = kept_checkpoints(run_root)
-    if not kept:
-        return None
-    fs, folder = resolve_fs(kept[max(kept)])
-    path = f"{folder}/{HISTORY_FILE}"
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read().decode())
+    return read_json(kept[max(kept)], HISTORY_FILE) if kept else None

@@ -42,6 +42,17 @@ def shapes_shards(root: Path, counts: dict[str, int], verbose: bool = False) -> 
     return folders
 
 
+def check_counts(counts: Any, setting: str) -> None:
+    """``counts`` is ``{train: N, val: M}`` with N, M >= 1 (or None); ValueError naming
+    ``setting`` otherwise."""
+    if counts is not None and (
+            not isinstance(counts, dict) or set(counts) != {"train", "val"}
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                   for n in counts.values())):
+        raise ValueError(f"{setting} must be {{train: N, val: M}} with N, M >= 1, "
+                         f"got {counts!r}")
+
+
 def shapes_for(data: Any, counts: dict[str, int], setting: str, verbose: bool = False) -> None:
     """Shapes into the shard folders ``data`` (``DataSettings``) names, which must be local and
     ``<root>/shards/train`` and ``<root>/shards/val``; ``setting`` names the config asking."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.shapes_data import check_counts
 from pipelines.train_settings import TrainSettings
 from samdetr.data.storage import absolute
 
@@ -70,11 +71,7 @@ class StudySettings:
         if self.baseline not in self.variants:
             raise ValueError(f"study.baseline={self.baseline!r} is not one of study.variants "
                              f"{sorted(self.variants)}")
-        if self.make_data is not None and (
-                set(self.make_data) != {"train", "val"}
-                or any(not isinstance(n, int) or n < 1 for n in self.make_data.values())):
-            raise ValueError("study.make_data must be {train: N, val: M} with N, M >= 1, "
-                             f"got {self.make_data!r}")
+        check_counts(self.make_data, "study.make_data")
 
 
 @dataclass(frozen=True)

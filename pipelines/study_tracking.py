@@ -87,7 +87,6 @@ class StudyTracking:
             client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
 
-
 def _quietly(what: str, fn: Callable[..., Any], *args: Any) -> Any:
     from pipelines.tracking import quietly
 

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.shapes_data import check_counts
 from pipelines.train_settings import TrainSettings
 from samdetr.config import known_fields
 from samdetr.engine.coco_eval import METRIC_NAMES
@@ -121,12 +122,7 @@ class SweepSettings:
                              "(pick a search space: sweep=m_smca, see conf/sweep/)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"sweep.seed must be an integer >= 0, got {self.seed!r}")
-        if self.make_data is not None and (
-                not isinstance(self.make_data, dict) or set(self.make_data) != {"train", "val"}
-                or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
-                       for n in self.make_data.values())):
-            raise ValueError("sweep.make_data must be {train: N, val: M} with N, M >= 1, "
-                             f"got {self.make_data!r}")
+        check_counts(self.make_data, "sweep.make_data")
 
     @classmethod
     def from_dict(cls, node: dict[str, Any]) -> SweepSettings:

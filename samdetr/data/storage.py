@@ -153,15 +153,15 @@ def list_files(
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    out: list[str] = []
+    out: dict[str, None] = {}  # ordered, without duplicates
     for source in sources:
         source = os.fspath(source)
         found = _expand(source, tuple(s.lower() for s in suffixes))
         if not found:
             raise ValueError(f"{source!r} names no file (no such file or folder, or no "
                              f"{'/'.join(suffixes)} file in it)")
-        out += [f for f in found if f not in out]
-    return out
+        out.update(dict.fromkeys(found))
+    return list(out)
 
 
 def _expand(source: str, suffixes: tuple[str, ...]) -> list[str]:
