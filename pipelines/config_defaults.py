@@ -68,10 +68,14 @@ def default_classes() -> dict[str, type]:
 def register_defaults() -> None:
     """Store ``<group>/base`` for every group of :func:`default_classes`, ``study/base``
     (:class:`pipelines.study.StudySettings`) and ``sweep/base``
-    (:class:`pipelines.sweep_settings.SweepSettings`) (idempotent)."""
+    (:class:`pipelines.sweep_settings.SweepSettings`), and the top-level ``promote_base``
+    (:class:`pipelines.promotion.PromoteConfig`, conf/promote.yaml's start) and ``submit_base``
+    (:class:`pipelines.submit_settings.SubmitSettings`, conf/submit.yaml's) (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
+    from pipelines.promotion import PromoteConfig
     from pipelines.study import StudySettings
+    from pipelines.submit_settings import SubmitSettings
     from pipelines.sweep_settings import SweepSettings
 
     store = ConfigStore.instance()
@@ -80,6 +84,8 @@ def register_defaults() -> None:
     for group, cls in {**default_classes(), "study": StudySettings,
                        "sweep": SweepSettings}.items():
         store.store(group=group, name="base", node=defaults_node(cls))
+    store.store(name="promote_base", node=defaults_node(PromoteConfig))
+    store.store(name="submit_base", node=defaults_node(SubmitSettings))
 
 
 def settings_dict(cfg: Any) -> dict[str, Any]:

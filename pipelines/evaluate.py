@@ -37,10 +37,17 @@ class EvaluateConfig:
     batch_size: int | None = None  # None: the checkpoint's eval batch size (else 4)
     device: str = "auto"  # auto: cuda if available
     output: str | None = None  # write the metrics as JSON here
+    # A model URI's score is recorded in MLflow: an evaluation run in `experiment` and, for a
+    # registered version, its evaluation.* tags (pipelines.evaluation_record).
+    record: bool = True
+    tracking_uri: str | None = None  # None: MLflow's current URI ($MLFLOW_TRACKING_URI, ...)
+    experiment: str = "samdetr-evaluation"
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.model_uri is None):
             raise ValueError("give exactly one of checkpoint=PATH or model_uri=URI")
+        if not isinstance(self.record, bool):
+            raise ValueError("record must be true or false")
         if not isinstance(self.shards, str) or not self.shards:
             raise ValueError("shards must be a shard-set folder or URI")
         if self.batch_size is not None and (
@@ -162,6 +169,10 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
         metrics = evaluate_checkpoint(config.checkpoint, config.shards, config.batch_size,
                                       config.device)
     else:
+        import mlflow
+
+        if config.tracking_uri:  # where models:/ URIs are looked up
+            mlflow.set_tracking_uri(config.tracking_uri)
         metrics = evaluate_mlflow_model(config.model_uri, config.shards, config.batch_size)
     out = {
         "source": config.checkpoint or config.model_uri,
@@ -169,15 +180,57 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "metrics": metrics,
         "seconds": round(time.perf_counter() - start, 2),
     }
+    if config.model_uri is not None and config.record:
+        from pipelines.tracking import quietly
+
+        out["evaluation_run"] = quietly("record the evaluation in MLflow", record_evaluation,
+                                        config, metrics, prefix="evaluate")
     if config.output:
         with open(config.output, "w") as f:
             json.dump(out, f, indent=2)
     return out
 
 
+def tracking_uri(config: EvaluateConfig) -> str:
+    """The store the model came from: the setting, else MLflow's current one (the environment's
+    ``MLFLOW_TRACKING_URI``, or what the calling code set)."""
+    import mlflow
+
+    return config.tracking_uri or mlflow.get_tracking_uri()
+
+
+def record_evaluation(config: EvaluateConfig, metrics: dict[str, float]) -> str:
+    """The MLflow evaluation run of ``config.model_uri`` (and the version's tags); its id."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.evaluation_record import (
+        Scored,
+        log_evaluation,
+        model_id_of,
+        registered_version,
+        tag_evaluation,
+    )
+    from samdetr.data.shards import manifest_checksum
+
+    uri = tracking_uri(config)
+    client = MlflowClient(uri)
+    version = registered_version(client, config.model_uri)
+    model_id = model_id_of(version) if version is not None else None
+    if version is None and config.model_uri.startswith("models:/m-"):
+        model_id = config.model_uri[len("models:/"):]  # a logged model's own URI
+    scored = Scored(config.model_uri, metrics, config.shards, manifest_checksum(config.shards),
+                    version.name if version else None,
+                    str(version.version) if version else None, model_id)
+    run_id = log_evaluation(uri, config.experiment, scored, "evaluate")
+    tag_evaluation(client, scored, run_id)
+    return run_id
+
+
 def format_metrics(result: dict[str, Any]) -> str:
     lines = [f"{result['source']} on {result['shards']} ({result['seconds']}s)"]
     lines += [f"  {name:<6} {result['metrics'][name]:.4f}" for name in METRIC_NAMES]
+    if result.get("evaluation_run"):
+        lines.append(f"  recorded as MLflow run {result['evaluation_run']}")
     return "\n".join(lines)
 
 

@@ -28,11 +28,13 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 import samdetr
+from pipelines.model_facts import facts_of_checkpoint, tag_version
 from samdetr.checkpoint import load_checkpoint, save_checkpoint
 
 MODEL_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
-# Checkpoint entries the predictor reads besides the weights and config.
-KEPT_EXTRAS = ("eval_transform", "categories")
+# Checkpoint entries kept in the model besides the weights and config: what the predictor reads
+# and what the model's facts (pipelines.model_facts) name: data checksums and the source run.
+KEPT_EXTRAS = ("eval_transform", "categories", "data", "mlflow_run_id")
 # Distributions `samdetr.inference` imports at load time (mlflow itself is added by MLflow).
 RUNTIME_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scipy", "pycocotools", "pandas")
 
@@ -92,7 +94,9 @@ def log_detector_model(
     Call it inside ``with mlflow.start_run(...)`` (to add to an existing run, e.g. a training
     run, use ``mlflow.start_run(run_id=...)``): the model then belongs to a run you chose
     instead of one MLflow would start and leave open. ``registered_model_name`` also creates a
-    new version of that registered model. ``input_images`` (encoded bytes, keep them small: they
+    new version of that registered model. The model and the version are tagged with the
+    checkpoint's facts (:class:`pipelines.model_facts.ModelFacts`: categories, eval size, data
+    checksums, source run, config). ``input_images`` (encoded bytes, keep them small: they
     are stored as base64 JSON) become the input example; by default a 64x48 JPEG.
 
     Returns MLflow's :class:`ModelInfo`; ``model_info.model_uri`` loads it with
@@ -117,8 +121,9 @@ def log_detector_model(
 
     with tempfile.TemporaryDirectory(prefix="samdetr-mlflow-") as tmp:
         slim = write_slim_checkpoint(checkpoint_path, Path(tmp) / "checkpoint.pth")
+        facts = facts_of_checkpoint(slim).tags()
         # log_model copies the artifacts and code into the model before returning.
-        return mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(MODEL_CODE),
             artifacts={"checkpoint": str(slim)},
@@ -127,4 +132,9 @@ def log_detector_model(
             signature=SIGNATURE,
             input_example=example,
             registered_model_name=registered_model_name,
+            tags=facts,
         )
+    if registered_model_name:
+        tag_version(mlflow.MlflowClient(), registered_model_name,
+                    info.registered_model_version, facts)
+    return info

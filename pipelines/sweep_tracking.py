@@ -11,14 +11,12 @@ touch the registry. Every call here is wrapped by the caller: a tracking failure
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines.model_facts import PREFIX as FACT
+from pipelines.model_facts import logged_model_facts
 from pipelines.run_record import kept_checkpoints
 from pipelines.sweep_report import (
     TrialOutcome,
@@ -26,6 +24,7 @@ from pipelines.sweep_report import (
     metric_vs_param_figure,
     results_csv,
 )
+from pipelines.tracking import quiet_mlflow
 from pipelines.train_settings import CHECKPOINT_FILE, TrackingSettings
 
 #: Tag prefixes on the trials' runs and the winner's model version.
@@ -51,24 +50,6 @@ def _ray_checkpoint(folder: str) -> Any:
     return Checkpoint(path, filesystem=fs)
 
 
-@contextlib.contextmanager
-def _quiet_mlflow() -> Iterator[None]:
-    """MLflow's INFO lines and download bars off while the trials' models are logged (one set
-    per trial would bury the results table)."""
-    logger = logging.getLogger("mlflow")
-    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    logger.setLevel(logging.WARNING)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        if bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
-
-
 def complete_trial(uri: str, outcome: TrialOutcome, run_root: str, metric: str) -> str | None:
     """Log the trial's best checkpoint as its child run's model, tag and close the run.
     Returns the logged model's URI (None without a checkpoint)."""
@@ -82,7 +63,7 @@ def complete_trial(uri: str, outcome: TrialOutcome, run_root: str, metric: str) 
     found = best_kept(outcome, run_root, metric)
     if found is not None:
         settings = TrackingSettings(tracking_uri=uri, log_model=True)
-        with _quiet_mlflow():
+        with quiet_mlflow():
             logged = log_best_model(settings, uri, run_id, f"{found[1]}/{CHECKPOINT_FILE}",
                                     _ray_checkpoint(found[1]))
         model_uri = logged.get("model_uri")
@@ -125,23 +106,28 @@ def winner_tags(outcome: TrialOutcome, metric: str, parent_run_id: str | None,
         TAG + "name": sweep_name,
         TAG + "trial_id": outcome.trial_id,
         TAG + "parent_run_id": parent_run_id or "",
-        "source_run_id": outcome.mlflow_run_id or "",
-        "data.train_manifest_sha256": data_sha256,
+        # The model's facts (pipelines.model_facts) name these too; set here in case they are
+        # missing (a model logged before the facts were).
+        FACT + "source_run_id": outcome.mlflow_run_id or "",
+        FACT + "train_manifest_sha256": data_sha256,
     })
     return tags
 
 
 def register_winner(uri: str, tracking: TrackingSettings, model_uri: str,
                     tags: dict[str, str], alias: str) -> str:
-    """A new version of ``tracking.registered_model`` from the logged ``model_uri``, tagged,
-    with ``alias`` pointed at it; returns ``"name vN @alias"``."""
+    """A new version of ``tracking.registered_model`` from the logged ``model_uri``, tagged
+    with ``tags`` and the logged model's facts, with ``alias`` pointed at it; returns
+    ``"name vN @alias"``."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
     name = tracking.registered_model
-    with _quiet_mlflow():
+    tags = {**logged_model_facts(client, model_uri), **tags}
+    with quiet_mlflow():
         version = mlflow.register_model(model_uri, name, tags=tags).version
-    MlflowClient(uri).set_registered_model_alias(name, alias, version)
+    client.set_registered_model_alias(name, alias, version)
     return f"{name} v{version} @{alias}"
 

@@ -10,12 +10,15 @@ what the store refused and sends it again later; the driver's last calls warn on
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
+import logging
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 RUN_NAME_TAG = "samdetr.run_name"
@@ -33,6 +36,24 @@ def quietly(what: str, fn: Callable[..., Any], *args: Any, prefix: str = "samdet
             warnings.append(message)
         print(f"[{prefix}] warning: {message}", flush=True)
         return None
+
+
+@contextlib.contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's INFO lines and download bars off inside (a sweep logging one model per trial,
+    a promotion downloading two: each would bury the results under bars of 47 small files)."""
+    logger = logging.getLogger("mlflow")
+    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    logger.setLevel(logging.WARNING)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
@@ -75,11 +96,11 @@ def create_run(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    experiment_id = _experiment_id(client, experiment, artifact_location)
     tags = {RUN_NAME_TAG: run_name}
     if parent_run_id:  # the tag MLflow's UI and search use to nest runs
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = client.create_run(experiment_id(client, experiment, artifact_location),
+                            run_name=run_name, tags=tags)
     run_id = run.info.run_id
     items = [Param(k, v) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -88,7 +109,7 @@ def create_run(
     return run_id
 
 
-def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
+def experiment_id(client: Any, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment ``name``, created if needed (runs starting at once may race)."""
     from mlflow.exceptions import MlflowException
 

@@ -165,8 +165,10 @@ def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
 
     clock = EpochClock.create(settings.trainer.run_name)
     try:
+        checksums = {f"{split}_manifest_sha256": data[split]["manifest_sha256"]
+                     for split in ("train", "val")}
         job = TrainJob(run_id, uri, data["train"]["categories"], clock.name,
-                       train_images=data["train"]["images"])
+                       train_images=data["train"]["images"], data_sha256=checksums)
         trainer = build_trainer(settings, job, callbacks)
         start = time.perf_counter()
         return _summarise(trainer.fit(), settings, time.perf_counter() - start, job.fit_id)

@@ -325,6 +325,7 @@ def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _P
                 eval_transform=dict(settings.data.eval_transform),
                 eval_batch_size=settings.data.eval_batch_size,
                 categories=list(job.categories),
+                data=dict(job.data_sha256),
                 mlflow_run_id=job.run_id or "",
             )
             with open(os.path.join(folder, HISTORY_FILE), "w") as out:

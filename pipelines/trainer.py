@@ -30,6 +30,8 @@ class TrainJob:
     ``epoch_clock``: name of the run's :class:`pipelines.data.EpochClock` actor.
     ``train_images``: the training shards' image count, read once by the driver (the total of
     rank 0's progress bar; ``None``: a bar without a total).
+    ``data_sha256``: the manifest checksums of the shard sets (``train_manifest_sha256``,
+    ``val_manifest_sha256``), kept in checkpoints so a registered model names its data.
     ``fit_id``: tells this call's reports from those restored checkpoints still carry.
     """
 
@@ -38,6 +40,7 @@ class TrainJob:
     categories: list[dict[str, Any]]
     epoch_clock: str
     train_images: int | None = None
+    data_sha256: dict[str, str] = field(default_factory=dict)
     fit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def loop_config(self, settings: TrainSettings) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from pipelines.config_defaults import register_defaults, settings_dict  # noqa: 
 from pipelines.preprocess import PreprocessConfig  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-ENTRY_POINTS = ("train", "preprocess", "evaluate", "make_synthetic", "tune", "predict")
+ENTRY_POINTS = ("train", "preprocess", "evaluate", "make_synthetic", "tune", "predict",
+                "promote")
 
 
 def _compose(config_name: str, overrides: list[str], hydra_node: bool = False):
@@ -116,7 +117,9 @@ FINGERPRINTS = {
     "preprocess": "e4f3779aab0ea1d9",
     "preprocess data=synthetic split=val": "84dd83cb6188b853",
     "preprocess data=coco2017 split=val": "6980c482e6d367d3",
-    "evaluate shards=x": "1c5988f0b9bf8036",
+    "evaluate shards=x": "1d2e693a3b8960b4",
+    "promote shards=x": "9b342e7ac06f12b3",
+    "submit": "c4b7d5abe71f8ff8",
     "make_synthetic": "6bf71df80590184c",
     "study": "ad69f47ec0a5ffef",
     "tune": "9ace4db6e9503042",
@@ -163,7 +166,7 @@ def test_outputs_is_named_in_one_place():
 @pytest.mark.parametrize("config_name, data", [
     *[(name, data) for name in ("train", "preprocess")
       for data in ("synthetic", "coco128", "coco2017")],
-    ("evaluate", None), ("make_synthetic", None), ("tune", None),
+    ("evaluate", None), ("make_synthetic", None), ("tune", None), ("promote", None),
 ])
 def test_one_override_moves_every_output(config_name, data, tmp_path):
     overrides = [f"output_root={tmp_path}"] + ([f"data={data}"] if data else []) + (

@@ -19,6 +19,7 @@ from train_case import tiny_settings, write_shards  # noqa: E402
 from pipelines.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
 from pipelines.train_settings import TrainSettings  # noqa: E402
+from samdetr.data.shards import manifest_checksum  # noqa: E402
 
 EPOCH_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "epoch_time_s", "loss")
 
@@ -89,6 +90,12 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
             "predictions/epoch_002.png"} <= files
     version = client.get_model_version_by_alias("tiny-detr", "candidate")
     assert version.run_id == run_id
+    # The version names its data, categories, eval size and source run (pipelines.model_facts).
+    tags = version.tags
+    assert tags["samdetr.train_manifest_sha256"] == manifest_checksum(ws["train"])
+    assert tags["samdetr.val_manifest_sha256"] == manifest_checksum(ws["val"])
+    assert tags["samdetr.source_run_id"] == run_id
+    assert tags["samdetr.categories"].startswith('["') and tags["samdetr.eval_size"]
 
     # The best checkpoint, scored in one process, gives what training reported for it.
     best = summary["best_metrics"]
@@ -106,7 +113,9 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
     from samdetr.engine.evaluation import ground_truth
     from samdetr.inference import Predictor
 
-    served = run_evaluate(EvaluateConfig(shards=ws["val"], model_uri="models:/tiny-detr@candidate"))
+    served = run_evaluate(EvaluateConfig(shards=ws["val"], model_uri="models:/tiny-detr@candidate",
+                                         tracking_uri=ws["uri"]))
+    assert served["evaluation_run"]  # recorded in the same store
     predictor = Predictor.from_checkpoint(summary["best_checkpoint"])
     rows = [ShardDataset(ws["val"])[i] for i in range(6)]
     direct = [

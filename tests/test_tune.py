@@ -177,10 +177,13 @@ def test_the_winner_is_registered_once_as_challenger_with_its_tags(sweep):
     winner = sweep["record"]["winner"]
     assert tags["sweep.trial_id"] == winner["trial_id"]
     assert tags["sweep.parent_run_id"] == sweep["record"]["parent_run_id"]
-    assert tags["data.train_manifest_sha256"] == manifest_checksum(sweep["tmp"] / "shards/train")
+    assert tags["samdetr.train_manifest_sha256"] == manifest_checksum(sweep["tmp"] / "shards/train")
     assert {"param.model.num_salient_points", "param.smca", "metric.AP", "metric.AP50"} <= set(tags)
+    # The model's facts (pipelines.model_facts), copied from the logged model.
+    assert {"samdetr.categories", "samdetr.config", "samdetr.eval_size"} <= set(tags)
+    assert tags["samdetr.val_manifest_sha256"] == manifest_checksum(sweep["tmp"] / "shards/val")
     children = {c.info.run_id: c for c in _children(sweep)}
-    source = children[tags["source_run_id"]]
+    source = children[tags["samdetr.source_run_id"]]
     assert source.data.tags["sweep.trial_id"] == winner["trial_id"]
     best = max(m.value for c in children for m in client.get_metric_history(c, "AP"))
     assert float(tags["metric.AP"]) == pytest.approx(best, rel=1e-4, abs=1e-9)

@@ -1,0 +1,287 @@
+"""Promote the registered ``challenger`` to ``champion`` if it scores better, or roll back.
+
+    python -m pipelines.promote registered_model=sam-detr shards=outputs/shards/coco/holdout
+    python -m pipelines.promote registered_model=sam-detr shards=... margin=0.005 metric=AP50
+    python -m pipelines.promote registered_model=sam-detr rollback=true
+
+The challenger and the champion are downloaded, checked (same categories, as the evaluation set's;
+neither trained on the evaluation set; files complete) and scored on the same shards by the same
+code (:func:`pipelines.evaluate.evaluate_mlflow_model`). Each scoring is an MLflow evaluation run;
+the decision and its reason are tags on both versions and on the registered model, so the
+registry alone says which version is champion, why, and since when (:mod:`pipelines.promotion`
+has the rules). A refusal moves no alias and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+from pipelines.evaluation_record import Scored, log_evaluation, model_id_of, tag_evaluation
+from pipelines.model_facts import ModelFacts, facts_of_model
+from pipelines.promotion import PromoteConfig, PromotionRefused, decide, refusal
+
+PROMO = "promotion."
+CHAMP = "champion."
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _say(message: str) -> None:
+    print(f"[promote] {message}", flush=True)
+
+
+def resolved_uri(config: PromoteConfig) -> str:
+    from pipelines.train_settings import TrackingSettings
+
+    return TrackingSettings(tracking_uri=config.tracking_uri).resolved_uri()
+
+
+def aliased(client: Any, name: str, alias: str) -> Any | None:
+    """The version of ``name`` with ``alias``, or ``None``; ValueError if ``name`` is unknown."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as err:
+        raise ValueError(f"the registry has no model named {name!r} ({err.error_code})") from err
+    if alias not in model.aliases:
+        return None
+    return client.get_model_version(name, model.aliases[alias])
+
+
+def run_promote(config: PromoteConfig) -> dict[str, Any]:
+    """Score, decide, move the aliases; returns the decision (``decision``, ``reason``, the
+    versions and their metrics). Raises :class:`PromotionRefused` when the gate cannot judge."""
+    from mlflow.tracking import MlflowClient
+
+    from samdetr.engine.evaluation import manifest_summary
+
+    uri = resolved_uri(config)
+    client = MlflowClient(uri)
+    if config.rollback:
+        return run_rollback(client, config)
+    name = config.registered_model
+    challenger = aliased(client, name, config.challenger_alias)
+    if challenger is None:
+        raise ValueError(f"no version of {name!r} has the alias {config.challenger_alias!r}: "
+                         "register one first (pipelines.train tracking.alias=challenger, or a "
+                         "sweep)")
+    champion = aliased(client, name, config.champion_alias)
+    if champion is not None and champion.version == challenger.version:
+        _say(f"{name} v{challenger.version} is already {config.champion_alias}: nothing to do")
+        return {"decision": "unchanged", "champion": challenger.version}
+    versions = {"challenger": challenger, **({"champion": champion} if champion else {})}
+    data = manifest_summary(config.shards)
+    with tempfile.TemporaryDirectory(prefix="samdetr-promote-") as folder:
+        local = {role: _download(v, os.path.join(folder, role), config, client, challenger)
+                 for role, v in versions.items()}
+        facts = {role: _facts(path, versions[role], config, client, challenger)
+                 for role, path in local.items()}
+        labels = {f"{role} v{versions[role].version}": f for role, f in facts.items()}
+        why = refusal(labels, data["manifest_sha256"], data["categories"],
+                      config.allow_unknown_training_data)
+        if why:
+            _refuse(client, config, challenger, why)
+        _warn_selected_on(facts, versions, data["manifest_sha256"])
+        scored = {role: _score(path, versions[role], config, data["manifest_sha256"])
+                  for role, path in local.items()}
+    runs = {role: log_evaluation(uri, config.experiment, s, "promotion")
+            for role, s in scored.items()}
+    if not config.dry_run:
+        for role, s in scored.items():
+            tag_evaluation(client, s, runs[role])
+    return _decide_and_apply(client, config, scored, runs)
+
+
+def _download(version: Any, folder: str, config: PromoteConfig, client: Any,
+              challenger: Any) -> str:
+    import mlflow
+
+    from pipelines.tracking import quiet_mlflow
+
+    uri = f"models:/{version.name}/{version.version}"
+    try:
+        with quiet_mlflow():
+            return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
+    except Exception as err:  # noqa: BLE001 - missing files show up as many kinds of error
+        _refuse(client, config, challenger, f"the files of {version.name} v{version.version} "
+                f"cannot be read ({type(err).__name__}: {str(err)[:300]})")
+        raise  # not reached: _refuse raises
+
+
+def _facts(path: str, version: Any, config: PromoteConfig, client: Any,
+           challenger: Any) -> ModelFacts:
+    try:
+        return facts_of_model(path)
+    except (OSError, ValueError) as err:
+        _refuse(client, config, challenger, f"{version.name} v{version.version} is incomplete "
+                f"or not a samdetr model ({err})")
+        raise  # not reached
+
+
+def _refuse(client: Any, config: PromoteConfig, challenger: Any, why: str) -> None:
+    """Record the refusal on the challenger (unless a dry run) and raise."""
+    if not config.dry_run:
+        for key, value in {"decision": "refused", "reason": why, "time": _now()}.items():
+            client.set_model_version_tag(challenger.name, challenger.version, PROMO + key, value)
+    raise PromotionRefused(f"refused, no alias moved: {why}")
+
+
+def _warn_selected_on(facts: dict[str, ModelFacts], versions: dict[str, Any],
+                      sha256: str) -> None:
+    for role, f in facts.items():
+        if f.val_sha256 == sha256:
+            _say(f"note: {role} v{versions[role].version} chose its best epoch on this shard "
+                 "set, so its score here is optimistic; a set neither was selected on is fairer")
+
+
+def _score(path: str, version: Any, config: PromoteConfig, sha256: str) -> Scored:
+    from pipelines.evaluate import evaluate_mlflow_model
+
+    _say(f"scoring {version.name} v{version.version} on {config.shards}")
+    metrics = evaluate_mlflow_model(path, config.shards, config.batch_size)
+    return Scored(f"models:/{version.name}/{version.version}", metrics, config.shards, sha256,
+                  version.name, str(version.version), model_id_of(version))
+
+
+def _decide_and_apply(client: Any, config: PromoteConfig, scored: dict[str, Scored],
+                      runs: dict[str, str]) -> dict[str, Any]:
+    metric = config.metric
+    challenger, champion = scored["challenger"], scored.get("champion")
+    promote, reason = decide(metric, challenger.metrics[metric],
+                             champion.metrics[metric] if champion else None,
+                             config.margin, config.threshold)
+    decision = "promoted" if promote else "rejected"
+    out = {"decision": decision, "reason": reason, "metric": metric,
+           "challenger": {"version": challenger.version, **challenger.metrics},
+           "champion": ({"version": champion.version, **champion.metrics} if champion else None),
+           "evaluation_runs": runs}
+    if config.dry_run:
+        out["decision"] = f"{decision} (dry run: nothing moved)"
+        return out
+    tags = {"decision": decision, "reason": reason, "time": _now(), "metric": metric,
+            "margin": f"{config.margin:g}", "threshold": f"{config.threshold:g}",
+            "eval_manifest_sha256": challenger.shards_sha256,
+            "challenger_version": challenger.version,
+            "champion_version": champion.version if champion else "none"}
+    for role, s in scored.items():
+        tags.update({f"{role}.{k}": f"{v:.6g}" for k, v in s.metrics.items()})
+        tags[f"{role}.eval_run_id"] = runs[role]
+    for s in scored.values():
+        for key, value in tags.items():
+            client.set_model_version_tag(s.name, s.version, PROMO + key, value)
+    if promote:
+        _crown(client, config, challenger.version, champion.version if champion else None,
+               f"promoted: {reason}")
+    return out
+
+
+def _crown(client: Any, config: PromoteConfig, version: str, replaced: str | None,
+           reason: str) -> None:
+    """Point ``champion`` at ``version`` and ``previous`` at ``replaced`` (if any), with the
+    tags that say since when and why, on the versions and on the registered model."""
+    name, now = config.registered_model, _now()
+    if replaced is not None:
+        client.set_registered_model_alias(name, config.previous_alias, replaced)
+        client.set_model_version_tag(name, replaced, CHAMP + "until", now)
+    client.set_registered_model_alias(name, config.champion_alias, version)
+    for key, value in {"since": now, "reason": reason,
+                       "previous_version": replaced or "none"}.items():
+        client.set_model_version_tag(name, version, CHAMP + key, value)
+    for key, value in {"version": version, "since": now, "reason": reason}.items():
+        client.set_registered_model_tag(name, CHAMP + key, value)
+    _say(f"{name} v{version} is now @{config.champion_alias}"
+         + (f"; v{replaced} is @{config.previous_alias}" if replaced else ""))
+
+
+def run_rollback(client: Any, config: PromoteConfig) -> dict[str, Any]:
+    """Move ``champion`` back to the ``previous`` version; ``previous`` then moves to the one
+    before it (its ``champion.previous_version`` tag), so rollbacks walk back in history. The
+    demoted version loses the ``challenger`` alias if it held it (no re-promotion by accident)."""
+    name = config.registered_model
+    current = aliased(client, name, config.champion_alias)
+    before = aliased(client, name, config.previous_alias)
+    if current is None or before is None:
+        missing = config.champion_alias if current is None else config.previous_alias
+        raise PromotionRefused(f"refused, no alias moved: {name!r} has no @{missing} version, "
+                               "so there is nothing to roll back to")
+    if config.dry_run:
+        return {"decision": f"rollback to v{before.version} (dry run: nothing moved)"}
+    earlier = before.tags.get(CHAMP + "previous_version", "none")
+    reason = f"rollback from v{current.version}"
+    client.set_registered_model_alias(name, config.champion_alias, before.version)
+    if earlier not in ("none", "", before.version, current.version) and _exists(
+            client, name, earlier):
+        client.set_registered_model_alias(name, config.previous_alias, earlier)
+    else:
+        client.delete_registered_model_alias(name, config.previous_alias)
+    model = client.get_registered_model(name)
+    if model.aliases.get(config.challenger_alias) == current.version:
+        client.delete_registered_model_alias(name, config.challenger_alias)
+    now = _now()
+    for key, value in {"decision": "rolled back", "reason": f"rolled back to v{before.version}",
+                       "time": now}.items():
+        client.set_model_version_tag(name, current.version, PROMO + key, value)
+    client.set_model_version_tag(name, current.version, CHAMP + "until", now)
+    for key, value in {"since": now, "reason": reason}.items():
+        client.set_model_version_tag(name, before.version, CHAMP + key, value)
+    for key, value in {"version": before.version, "since": now, "reason": reason}.items():
+        client.set_registered_model_tag(name, CHAMP + key, value)
+    _say(f"{name} v{before.version} is @{config.champion_alias} again (v{current.version} "
+         "demoted)")
+    return {"decision": "rolled back", "champion": before.version, "demoted": current.version}
+
+
+def _exists(client: Any, name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        return False
+    return True
+
+
+def format_decision(out: dict[str, Any]) -> str:
+    """The console summary: each scored version's metric, then the decision and reason."""
+    lines = []
+    metric = out.get("metric")
+    for role in ("challenger", "champion"):
+        entry = out.get(role)
+        if isinstance(entry, dict) and metric:
+            lines.append(f"  {role:<10} v{entry['version']:<4} {metric} {entry[metric]:.4f}  "
+                         f"AP50 {entry.get('AP50', float('nan')):.4f}")
+    lines.append(f"decision: {out['decision']}" + (f" ({out['reason']})" if out.get("reason")
+                                                    else ""))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from pipelines.config_defaults import register_defaults, settings_dict
+    from samdetr.config import known_fields
+
+    register_defaults()  # promote_base, the node conf/promote.yaml starts from
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="promote")
+    def _run(cfg: DictConfig) -> None:
+        plain = settings_dict(cfg)
+        try:
+            out = run_promote(PromoteConfig(**known_fields(PromoteConfig, plain, "promote")))
+        except ValueError as err:  # refusals and bad settings: a message, not a traceback
+            print(f"[promote] {err}", flush=True)
+            raise SystemExit(2) from None
+        print(format_decision(out), flush=True)
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()
