@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 
-.PHONY: all venv .venv test lint demo bench clean distclean
+.PHONY: all venv .venv test lint demo bench constraints clean distclean
 
 all: test
 
@@ -29,6 +29,13 @@ bench: $(STAMP)
 	$(VPY) bench/model_step.py
 	$(VPY) bench/loader.py
 	$(VPY) bench/train_scaling.py
+
+# The versions the container image installs (infra/docker/Dockerfile): this venv's, without
+# local version labels such as +cpu (PyPI has none) and without this project itself.
+constraints: $(STAMP)
+	{ echo "# pip constraints for infra/docker/Dockerfile: make constraints (from .venv)"; \
+	  $(VPY) -m pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//'; } \
+	  > infra/constraints.txt
 
 # clean keeps the venv (slow to rebuild); distclean removes it too.
 clean:

@@ -119,7 +119,7 @@ FINGERPRINTS = {
     "preprocess data=coco2017 split=val": "6980c482e6d367d3",
     "evaluate shards=x": "1d2e693a3b8960b4",
     "promote shards=x": "9b342e7ac06f12b3",
-    "submit": "c4b7d5abe71f8ff8",
+    "submit": "26ac1eabb9a52c1d",
     "make_synthetic": "6bf71df80590184c",
     "study": "ad69f47ec0a5ffef",
     "tune": "9ace4db6e9503042",
