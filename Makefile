@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) bench/model_step.py
+	$(VPY) bench/roi_align.py
 	$(VPY) bench/loader.py
 	$(VPY) bench/train_scaling.py
 

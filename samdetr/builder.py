@@ -45,6 +45,7 @@ def build_decoder_layer(cfg: ModelConfig) -> nn.Module:
         predict_scales=cfg.smca,
         roi_size=cfg.roi_size,
         point_embed_grad=cfg.point_embed_grad,
+        roi_align=cfg.roi_align,
     )
     cross = SalientPointCrossAttention(d, cfg.num_salient_points, cfg.dropout)
     return SAMDecoderLayer(

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("frozen_bn", "batch_norm", "group_norm")
 DECODERS = ("sam", "baseline")
+ROI_ALIGNS = ("auto", "matmul", "torchvision")
 
 T = TypeVar("T")
 
@@ -147,6 +148,10 @@ class ModelConfig:
     smca_beta: float = 8.0
     input_proj_groupnorm: bool = False  # official 12-epoch runs add GroupNorm(32, D)
     roi_size: int = 7
+    # RoIAlign kernel: "matmul" (samdetr.model.roi_align: the same values, a backward that is a
+    # matrix product), "torchvision" (its kernel), "auto" (matmul when training on CPU, where
+    # it is faster; torchvision's for inference and on CUDA).
+    roi_align: str = "auto"
     point_embed_grad: bool = False  # official: sine embeddings are computed without gradient
     aux_loss: bool = True  # predictions of every decoder layer
 
@@ -174,6 +179,10 @@ class ModelConfig:
         _check(
             self.decoder in DECODERS,
             f"model.decoder must be one of {DECODERS}, got {self.decoder!r}",
+        )
+        _check(
+            self.roi_align in ROI_ALIGNS,
+            f"model.roi_align must be one of {ROI_ALIGNS}, got {self.roi_align!r}",
         )
         d = self.hidden_dim
         # Sine embeddings give D/2 features per axis as (sin, cos) pairs.

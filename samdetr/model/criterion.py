@@ -268,7 +268,8 @@ class SetCriterion(nn.Module):
         validate_targets(targets, batch, num_classes)
         norm = self._normaliser(num_boxes, outputs["pred_logits"])
 
-        indices = self.matcher(outputs, targets)
+        # Validated once here for the batch; the matcher skips its checks for every layer.
+        indices = self.matcher(outputs, targets, check=False)
         losses = self.layer_losses(outputs, targets, norm, indices)
         losses["class_error"] = self.class_error(outputs, targets, indices)
 
@@ -280,7 +281,8 @@ class SetCriterion(nn.Module):
                     f"aux_outputs[{i}] has (B, K) = {(aux_batch, aux_classes)}, "
                     f"last layer has {(batch, num_classes)}"
                 )
-            for key, value in self.layer_losses(aux, targets, norm).items():
+            aux_indices = self.matcher(aux, targets, check=False)
+            for key, value in self.layer_losses(aux, targets, norm, aux_indices).items():
                 losses[f"{key}_{i}"] = value
         return losses
 

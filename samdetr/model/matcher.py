@@ -203,7 +203,10 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]
+        self,
+        outputs: Mapping[str, Tensor],
+        targets: Sequence[Mapping[str, Tensor]],
+        check: bool = True,
     ) -> list[tuple[Tensor, Tensor]]:
         """Match predictions to targets.
 
@@ -212,32 +215,45 @@ class HungarianMatcher(nn.Module):
                 normalised (cx, cy, w, h). Other keys (e.g. ``aux_outputs``) are ignored.
             targets: list of B dicts with ``labels`` int64 (N_i,) and ``boxes`` (N_i, 4) normalised
                 (cx, cy, w, h).
+            check: validate ``outputs`` and ``targets`` first. The criterion validates once per
+                batch and passes ``False`` for each decoder layer (the target checks synchronise
+                with the GPU).
 
         Returns:
             List of B pairs ``(pred_idx, tgt_idx)``, int64 CPU tensors of length min(Q, N_i):
             query ``pred_idx[k]`` is matched to target ``tgt_idx[k]``; ``pred_idx`` is ascending.
         """
-        batch, num_queries, num_classes = validate_outputs(outputs)
-        validate_targets(targets, batch, num_classes)
-
+        if check:
+            batch, num_queries, _ = validate_outputs(outputs)
+            validate_targets(targets, batch, outputs["pred_logits"].shape[-1])
+        else:
+            batch, num_queries = outputs["pred_logits"].shape[:2]
+        sizes = [int(t["labels"].shape[0]) for t in targets]
+        empty = torch.empty(0, dtype=torch.int64)
+        if sum(sizes) == 0 or num_queries == 0:
+            return [(empty, empty.clone()) for _ in range(batch)]
+        device = outputs["pred_logits"].device
+        # Every query against every target of the batch, moved to the CPU once per layer (not
+        # once per image); image b's block is its own queries against its own targets.
+        cost = self.cost_matrix(
+            outputs["pred_logits"].flatten(0, 1),
+            outputs["pred_boxes"].flatten(0, 1),
+            torch.cat([t["labels"] for t in targets]).to(device, torch.int64),
+            torch.cat([t["boxes"].to(device) for t in targets]),
+        ).view(batch, num_queries, -1).cpu()
         indices = []
-        for b, tgt in enumerate(targets):
-            labels = tgt["labels"].to(outputs["pred_logits"].device, torch.int64)
-            if labels.numel() == 0 or num_queries == 0:
-                empty = torch.empty(0, dtype=torch.int64)
+        for b, block in enumerate(cost.split(sizes, dim=-1)):
+            own = block[b]  # (Q, N_b)
+            if own.shape[1] == 0:
                 indices.append((empty, empty.clone()))
                 continue
-            cost = self.cost_matrix(
-                outputs["pred_logits"][b], outputs["pred_boxes"][b], labels, tgt["boxes"]
-            )
-            cost = cost.cpu()
-            if not torch.isfinite(cost).all():
+            if not torch.isfinite(own).all():
                 raise ValueError(
                     f"matching cost for image {b} contains NaN or inf; most likely the "
                     "predictions are non-finite (check pred_logits / pred_boxes for NaN/inf, "
                     "e.g. from a diverging training run) or predicted boxes have zero area"
                 )
-            rows, cols = linear_sum_assignment(cost.numpy())
+            rows, cols = linear_sum_assignment(own.numpy())
             indices.append(
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
             )

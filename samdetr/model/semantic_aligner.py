@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, roi_align
 
 from samdetr.model.position_encoding import sine_embed_points
+from samdetr.model.roi_align import roi_align_boxes
 
 
 class SemanticAligner(nn.Module):
@@ -25,6 +26,10 @@ class SemanticAligner(nn.Module):
         roi_size: RoIAlign output size (7 in the paper).
         point_embed_grad: let gradients flow through the points' sine embeddings
             (the official code computes them without gradient).
+        roi_align: "matmul" (:func:`samdetr.model.roi_align.roi_align_boxes`), "torchvision"
+            or "auto" (matmul when training on CPU, else torchvision's kernel): the same values
+            either way; the matmul form's backward is a matrix product instead of
+            torchvision's single-threaded scatter on CPU.
     """
 
     def __init__(
@@ -34,8 +39,12 @@ class SemanticAligner(nn.Module):
         predict_scales: bool,
         roi_size: int = 7,
         point_embed_grad: bool = False,
+        roi_align: str = "auto",
     ):
         super().__init__()
+        if roi_align not in ("auto", "matmul", "torchvision"):
+            raise ValueError(f"roi_align must be auto, matmul or torchvision, got {roi_align!r}")
+        self.roi_align = roi_align
         self.d_model = d_model
         self.num_points = num_points
         self.predict_scales = predict_scales
@@ -59,6 +68,21 @@ class SemanticAligner(nn.Module):
         self.content_gate = nn.Linear(d_model, num_points * d_model)
         self.pos_gate = nn.Linear(d_model, num_points * d_model)
 
+    def _roi_align(self, memory_2d: Tensor, boxes: Tensor) -> Tensor:
+        """(B*Q, D, r, r) RoIs of ``memory_2d`` (B, D, H, W) in ``boxes`` (B, Q, 4) xyxy cells."""
+        # auto: the matmul form where it is faster, training on CPU (its forward alone is
+        # slower than torchvision's on large maps; CUDA not measured yet).
+        use_matmul = self.roi_align == "matmul" or (
+            self.roi_align == "auto" and memory_2d.device.type == "cpu"
+            and torch.is_grad_enabled() and memory_2d.requires_grad)
+        if use_matmul:
+            return roi_align_boxes(memory_2d, boxes, self.roi_size)
+        b, q = boxes.shape[:2]
+        batch_index = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(q)
+        rois = torch.cat([batch_index[:, None], boxes.reshape(b * q, 4)], dim=1)
+        return roi_align(memory_2d, rois.to(memory_2d.dtype), output_size=self.roi_size,
+                         spatial_scale=1.0, aligned=True)
+
     def forward(
         self, tgt: Tensor, memory_2d: Tensor, ref_boxes: Tensor, valid_ratio: Tensor
     ) -> dict[str, Tensor]:
@@ -78,17 +102,9 @@ class SemanticAligner(nn.Module):
         # Reference boxes -> absolute xyxy in feature-map cells of the unpadded image.
         scale = memory_2d.new_tensor([width, height, width, height]) * valid_ratio.repeat(1, 2)
         boxes = box_convert(ref_boxes, "cxcywh", "xyxy") * scale[:, None, :]
-        batch_index = torch.arange(b, device=tgt.device, dtype=boxes.dtype).repeat_interleave(q)
-        rois = torch.cat([batch_index[:, None], boxes.reshape(b * q, 4)], dim=1)
         # One RoIAlign serves both the point head and the sampling (the official code ran two
-        # identical ones); its backward is a large share of the step time.
-        roi = roi_align(
-            memory_2d,
-            rois.to(memory_2d.dtype),
-            output_size=self.roi_size,
-            spatial_scale=1.0,
-            aligned=True,
-        )  # (B*Q, D, r, r)
+        # identical ones).
+        roi = self._roi_align(memory_2d, boxes)  # (B*Q, D, r, r)
 
         raw = self.point_mlp(F.relu(self.point_conv(roi)).flatten(1))
         offsets = raw[:, : 2 * m].tanh().view(b * q, 1, m, 2)  # (x, y) in [-1, 1] of the RoI
