@@ -154,9 +154,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def _progress(payload: dict[str, Any] | None, logger: Any) -> _Progress:
     """The run's state from the restored checkpoint; on a resume, what MLflow already holds,
-    and the epochs it missed (the store was down) logged now from the checkpoint's history."""
+    and the epochs it missed (the store was down) logged now from the checkpoint's history.
+
+    Without a checkpoint the MLflow run may still hold epochs: a run stopped after logging an
+    epoch but before Ray Train registered its checkpoint trains that epoch again, and must not
+    log it twice."""
     if payload is None:
-        return _Progress()
+        progress = _Progress()
+        if logger is not None:
+            progress.logged_step = logger.last_step("train/loss")
+            progress.logged_epoch = logger.last_step("loss")
+        return progress
     progress = _Progress(payload["epoch"] + 1, payload["global_step"], list(payload["history"]),
                          resumed=True)
     if logger is not None:

@@ -42,3 +42,25 @@ def test_callbacks_and_a_whole_run_config_are_not_both_taken(settings):
     job = TrainJob(None, None, [], "clock")
     with pytest.raises(ValueError, match="callbacks inside the run config"):
         build_trainer(settings, job, callbacks=[object()], config=run_config(settings))
+
+
+def test_a_restart_without_a_checkpoint_does_not_log_an_epoch_twice(tmp_path):
+    # A run stopped after logging epoch 0 but before Ray Train registered its checkpoint
+    # trains epoch 0 again; what MLflow already holds is not logged again.
+    from pipelines.tracking import RunLogger, create_run
+    from pipelines.train_loop import _progress
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = create_run(uri, "tests", "restart", {}, "")
+    first = RunLogger(uri, run_id)
+    first.log_metrics({"train/loss": 3.0}, 1)
+    first.log_metrics({"train/loss": 2.5}, 2)
+    first.log_metrics({"loss": 2.7, "AP": 0.01}, 0)
+    first.close(30)
+    again = RunLogger(uri, run_id)
+    progress = _progress(None, again)
+    assert (progress.start_epoch, progress.logged_epoch, progress.logged_step) == (0, 0, 2)
+    again.close(30)
+    fresh = RunLogger(uri, create_run(uri, "tests", "fresh", {}, ""))
+    assert (_progress(None, fresh).logged_epoch, _progress(None, fresh).logged_step) == (-1, -1)
+    fresh.close(30)
