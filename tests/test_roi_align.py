@@ -26,7 +26,7 @@ def _compare(features, boxes, size, tolerance):
     features = features.detach().requires_grad_(True)
     want = _torchvision(features, boxes, size)
     got = roi_align_boxes(features, boxes, size)
-    assert got.shape == want.shape
+    assert got.shape == want.shape and got.is_contiguous()
     torch.testing.assert_close(got, want, **tolerance)
     upstream = torch.randn_like(want)
     (grad_want,) = torch.autograd.grad(want, features, upstream)

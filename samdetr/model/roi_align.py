@@ -80,7 +80,9 @@ class _RoIAlignProduct(torch.autograd.Function):
         # In the weights' precision whatever autocast is on (it would pick bf16 for the product).
         with torch.autocast(features.device.type, enabled=False):
             out = torch.bmm(_bin_weights(wy, wx), features.reshape(b, c, h * w).transpose(1, 2))
-        return out.view(b * q, r * r, c).transpose(1, 2).reshape(b * q, c, r, r)
+        # Contiguous NCHW: a channels-last view would make the next 1x1 convolution's weight
+        # gradient channels-last too, which DDP's buckets then copy (and warn about).
+        return out.view(b * q, r * r, c).transpose(1, 2).contiguous().view(b * q, c, r, r)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
