@@ -82,11 +82,8 @@ def client(settings: SubmitSettings) -> Any:
     return JobSubmissionClient(settings.job_server())
 
 
-def submit(settings: SubmitSettings, pipeline: str, overrides: list[str]) -> str:
-    """Send the job; returns its submission id."""
-    if settings.check:
-        check_overrides(pipeline, overrides)
-    jobs = client(settings)
+def submit(jobs: Any, settings: SubmitSettings, pipeline: str, overrides: list[str]) -> str:
+    """Send the job through ``jobs`` (the client); returns its submission id."""
     job_id = jobs.submit_job(
         entrypoint=entrypoint(pipeline, overrides),
         submission_id=submission_id(settings, pipeline),
@@ -99,9 +96,18 @@ def submit(settings: SubmitSettings, pipeline: str, overrides: list[str]) -> str
     return job_id
 
 
-def follow(settings: SubmitSettings, job_id: str) -> int:
+def job_status(job: Any) -> str:
+    """A job's status as its name (``SUCCEEDED``, ...), from the SDK's enum or string."""
+    return str(getattr(job.status, "value", job.status))
+
+
+def describe(job_id: str, info: Any) -> str:
+    """``ID STATUS[: message]`` of a job."""
+    return f"{job_id} {job_status(info)}" + (f": {info.message}" if info.message else "")
+
+
+def follow(jobs: Any, job_id: str) -> int:
     """Stream the job's logs until it ends; returns the exit code of its final status."""
-    jobs = client(settings)
 
     async def tail() -> None:
         async for lines in jobs.tail_job_logs(job_id):
@@ -115,17 +121,15 @@ def follow(settings: SubmitSettings, job_id: str) -> int:
              f"pipelines.submit logs {job_id}`, stop it with `... stop {job_id}`")
         return 130
     info = jobs.get_job_info(job_id)
-    status = str(getattr(info.status, "value", info.status))
-    _say(f"{job_id} {status}" + (f": {info.message}" if info.message else ""))
-    return EXIT_CODES.get(status, 1)
+    _say(describe(job_id, info))
+    return EXIT_CODES.get(job_status(info), 1)
 
 
-def list_jobs(settings: SubmitSettings) -> list[dict[str, Any]]:
+def list_jobs(jobs: Any) -> list[dict[str, Any]]:
     """This cluster's jobs, newest first, as rows (id, status, pipeline, entrypoint)."""
     rows = []
-    for job in client(settings).list_jobs():
-        rows.append({"id": job.submission_id or job.job_id,
-                     "status": str(getattr(job.status, "value", job.status)),
+    for job in jobs.list_jobs():
+        rows.append({"id": job.submission_id or job.job_id, "status": job_status(job),
                      "start": job.start_time or 0,
                      "pipeline": (job.metadata or {}).get("samdetr.pipeline", ""),
                      "entrypoint": job.entrypoint})
@@ -136,27 +140,29 @@ def run(argv: list[str]) -> int:
     """The command line; returns the exit status."""
     setting_words, command, args = split_command(argv)
     settings = load_settings(setting_words)
+    if command in PIPELINES and settings.check:  # before contacting the cluster at all
+        check_overrides(command, args)
+    if command not in PIPELINES and command != "list" and len(args) != 1:
+        raise ValueError(f"{command} takes one job id, got {args}")
+    jobs = client(settings)
     if command in PIPELINES:
-        job_id = submit(settings, command, args)
+        job_id = submit(jobs, settings, command, args)
         if not settings.wait:
             _say(f"follow it with `python -m pipelines.submit logs {job_id}`")
             return 0
-        return follow(settings, job_id)
+        return follow(jobs, job_id)
     if command == "list":
-        for row in list_jobs(settings):
+        for row in list_jobs(jobs):
             print(f"{row['id']:<44} {row['status']:<10} {row['entrypoint']}")
         return 0
-    if len(args) != 1:
-        raise ValueError(f"{command} takes one job id, got {args}")
     job_id = args[0]
     if command == "logs":
-        return follow(settings, job_id)
+        return follow(jobs, job_id)
     if command == "status":
-        info = client(settings).get_job_info(job_id)
-        status = str(getattr(info.status, "value", info.status))
-        print(f"{job_id} {status}" + (f": {info.message}" if info.message else ""))
-        return EXIT_CODES.get(status, 0)
-    stopped = client(settings).stop_job(job_id)
+        info = jobs.get_job_info(job_id)
+        print(describe(job_id, info))
+        return EXIT_CODES.get(job_status(info), 0)
+    stopped = jobs.stop_job(job_id)
     _say(f"{job_id}: " + ("stop requested" if stopped else "not running"))
     return 0
 

@@ -37,17 +37,13 @@ def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     server = MlflowServer(root / "server").start()
     case = build_case(root)
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = server.url
     mlflow.set_tracking_uri(server.url)
     try:
-        yield {**case, "server": server, "client": MlflowClient(server.url)}
+        with pytest.MonkeyPatch.context() as env:  # module-scoped: monkeypatch is per test
+            env.setenv("MLFLOW_TRACKING_URI", server.url)
+            yield {**case, "server": server, "client": MlflowClient(server.url)}
     finally:
         mlflow.set_tracking_uri(None)
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
         server.stop()
 
 
