@@ -86,7 +86,7 @@ def run_promote(config: PromoteConfig) -> dict[str, Any]:
         why = refusal(labels, data["manifest_sha256"], data["categories"],
                       config.allow_unknown_training_data)
         if why:
-            _refuse(client, config, challenger, why)
+            raise _refuse(client, config, challenger, why)
         _warn_selected_on(facts, versions, data["manifest_sha256"])
         scored = {role: _score(path, versions[role], config, data["manifest_sha256"])
                   for role, path in local.items()}
@@ -109,9 +109,9 @@ def _download(version: Any, folder: str, config: PromoteConfig, client: Any,
         with quiet_mlflow():
             return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
     except Exception as err:  # noqa: BLE001 - missing files show up as many kinds of error
-        _refuse(client, config, challenger, f"the files of {version.name} v{version.version} "
-                f"cannot be read ({type(err).__name__}: {str(err)[:300]})")
-        raise  # not reached: _refuse raises
+        raise _refuse(client, config, challenger, f"the files of {version.name} "
+                      f"v{version.version} cannot be read ({type(err).__name__}: "
+                      f"{str(err)[:300]})") from err
 
 
 def _facts(path: str, version: Any, config: PromoteConfig, client: Any,
@@ -119,17 +119,18 @@ def _facts(path: str, version: Any, config: PromoteConfig, client: Any,
     try:
         return facts_of_model(path)
     except (OSError, ValueError) as err:
-        _refuse(client, config, challenger, f"{version.name} v{version.version} is incomplete "
-                f"or not a samdetr model ({err})")
-        raise  # not reached
+        raise _refuse(client, config, challenger, f"{version.name} v{version.version} is "
+                      f"incomplete or not a samdetr model ({err})") from err
 
 
-def _refuse(client: Any, config: PromoteConfig, challenger: Any, why: str) -> None:
-    """Record the refusal on the challenger (unless a dry run) and raise."""
+def _refuse(client: Any, config: PromoteConfig, challenger: Any,
+            why: str) -> PromotionRefused:
+    """Record the refusal on the challenger (unless a dry run); the error for the caller to
+    raise."""
     if not config.dry_run:
         for key, value in {"decision": "refused", "reason": why, "time": _now()}.items():
             client.set_model_version_tag(challenger.name, challenger.version, PROMO + key, value)
-    raise PromotionRefused(f"refused, no alias moved: {why}")
+    return PromotionRefused(f"refused, no alias moved: {why}")
 
 
 def _warn_selected_on(facts: dict[str, ModelFacts], versions: dict[str, Any],
