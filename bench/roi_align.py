@@ -1,9 +1,10 @@
 """Forward and forward + backward time of one RoIAlign, torchvision's kernel against
 ``samdetr.model.roi_align.roi_align_boxes``, at the Semantics Aligner's shapes: 300 boxes per
 image, batch 2, 256 channels, 7 x 7 bins, on the feature maps of 512-px and 800 x 1066 images.
-Median of ``--repeats`` after a warm-up; prints JSON.
+Median of ``--repeats`` after a warm-up (on CUDA the device is synchronised around each
+call); prints JSON.
 
-    python bench/roi_align.py [--threads 2] [--repeats 5]
+    python bench/roi_align.py [--threads 2] [--repeats 5] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -20,25 +21,32 @@ from samdetr.model.roi_align import roi_align_boxes
 MAPS = {"512px": (16, 16), "800x1066": (25, 34)}
 
 
-def _median(fn, repeats: int) -> float:
+def _median(fn, repeats: int, device: torch.device) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
-def measure(height: int, width: int, repeats: int) -> dict:
+def measure(height: int, width: int, repeats: int, device: torch.device) -> dict:
     generator = torch.Generator().manual_seed(0)
     b, c, q, r = 2, 256, 300, 7
-    features = torch.randn(b, c, height, width, generator=generator, requires_grad=True)
+    features = torch.randn(b, c, height, width, generator=generator).to(device)
+    features.requires_grad_(True)
     size = torch.tensor([width, height], dtype=torch.float32)
     centres = torch.rand(b, q, 2, generator=generator) * size
     sides = (torch.rand(b, q, 2, generator=generator) * 0.6 + 0.05) * size
-    boxes = torch.cat([centres - sides / 2, centres + sides / 2], dim=-1)
-    index = torch.arange(b, dtype=boxes.dtype).repeat_interleave(q)
+    boxes = torch.cat([centres - sides / 2, centres + sides / 2], dim=-1).to(device)
+    index = torch.arange(b, dtype=boxes.dtype, device=device).repeat_interleave(q)
     rois = torch.cat([index[:, None], boxes.reshape(-1, 4)], dim=1)
     kernels = {"torchvision": lambda: roi_align(features, rois, r, 1.0, -1, True),
                "matmul": lambda: roi_align_boxes(features, boxes, r)}
@@ -53,8 +61,8 @@ def measure(height: int, width: int, repeats: int) -> dict:
         def both(kernel=kernel, upstream=upstream):
             torch.autograd.grad(kernel(), features, upstream)
 
-        out[name] = {"forward_ms": round(1000 * _median(forward, repeats), 1),
-                     "forward_backward_ms": round(1000 * _median(both, repeats), 1)}
+        out[name] = {"forward_ms": round(1000 * _median(forward, repeats, device), 1),
+                     "forward_backward_ms": round(1000 * _median(both, repeats, device), 1)}
     return out
 
 
@@ -62,10 +70,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = {name: measure(h, w, args.repeats) for name, (h, w) in MAPS.items()}
-    print(json.dumps({"torch": torch.__version__, "threads": args.threads,
+    device = torch.device(args.device)
+    results = {name: measure(h, w, args.repeats, device) for name, (h, w) in MAPS.items()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(json.dumps({"torch": torch.__version__, "threads": args.threads, "device": name,
                       "date": time.strftime("%Y-%m-%d"), "results": results}, indent=2))
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from pipelines.train_settings import CHECKPOINT_FILE
+from samdetr.data.shards import read_manifest
 from samdetr.data.storage import is_uri
 from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
 from samdetr.engine.evaluation import eval_loader, ground_truth
@@ -122,7 +123,7 @@ def evaluate_mlflow_model(
     import numpy as np
     import pandas as pd
 
-    from samdetr.data.shards import iter_rows, read_manifest
+    from samdetr.data.shards import iter_rows
 
     model = mlflow.pyfunc.load_model(model_uri)
     params_schema = model.metadata.get_params_schema()
@@ -174,11 +175,16 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
         if config.tracking_uri:  # where models:/ URIs are looked up
             mlflow.set_tracking_uri(config.tracking_uri)
         metrics = evaluate_mlflow_model(config.model_uri, config.shards, config.batch_size)
+    seconds = time.perf_counter() - start
+    images = int(read_manifest(config.shards)["num_rows"])
     out = {
         "source": config.checkpoint or config.model_uri,
         "shards": config.shards,
         "metrics": metrics,
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(seconds, 2),
+        # The whole evaluation: loading the model, decoding, inference and COCO scoring.
+        "images": images,
+        "images_per_s": round(images / seconds, 2),
     }
     if config.model_uri is not None and config.record:
         from pipelines.tracking import quietly
@@ -227,7 +233,8 @@ def record_evaluation(config: EvaluateConfig, metrics: dict[str, float]) -> str:
 
 
 def format_metrics(result: dict[str, Any]) -> str:
-    lines = [f"{result['source']} on {result['shards']} ({result['seconds']}s)"]
+    lines = [f"{result['source']} on {result['shards']}: {result['images']} images in "
+             f"{result['seconds']}s ({result['images_per_s']} images/s)"]
     lines += [f"  {name:<6} {result['metrics'][name]:.4f}" for name in METRIC_NAMES]
     if result.get("evaluation_run"):
         lines.append(f"  recorded as MLflow run {result['evaluation_run']}")

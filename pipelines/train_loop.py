@@ -206,11 +206,15 @@ def _train(worker: _Worker, progress: _Progress) -> None:
         start = time.perf_counter()
         batches = _epoch_batches(train_shard, settings, epoch)
         bar = EpochBar(epoch, trainer.epochs, steps, world_size) if rank == 0 else None
+        if worker.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(worker.device)
         try:
             stats = _train_epoch(worker, progress, batches, bar)
         finally:
             if bar is not None:
                 bar.close()
+        if worker.device.type == "cuda":
+            stats["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(worker.device) / 2**30
         all_stats = _gather(stats)
         worker.scheduler.step()
         progress.global_step += all_stats[0]["steps"]
@@ -238,7 +242,9 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float],
     return (
         f"epoch {epoch + 1}/{epochs}: loss {metrics['loss']:.3f} AP {metrics['AP']:.4f} "
         f"AP50 {metrics['AP50']:.4f} (best AP {best['AP']:.4f}, epoch {best['epoch'] + 1}) "
-        f"{metrics['images_per_s']:.1f} img/s {metrics['epoch_time_s']:.0f}s"
+        f"{metrics['images_per_s']:.1f} img/s (first batch after {metrics['first_batch_s']:.1f}s,"
+        f" then {metrics['data_wait_share']:.0%} waiting for data) "
+        f"{metrics['epoch_time_s']:.0f}s"
     )
 
 
@@ -256,15 +262,33 @@ def _epoch_batches(shard: Any, settings: TrainSettings, epoch: int) -> Any:
 
 def _epoch_metrics(metrics: dict[str, float], all_stats: list[dict[str, Any]],
                    seconds: float) -> dict[str, float]:
-    """COCO metrics plus the epoch's loss and speed over all workers."""
+    """COCO metrics plus the epoch's loss and speed over all workers.
+
+    ``first_batch_s``: the longest wait of a worker for its first batch (the input pipeline's
+    start, every epoch). ``data_wait_share``: after that first batch, the largest share of a
+    worker's training time spent waiting for its next batch (the slowest-fed worker holds the
+    others up at every all-reduce). On GPUs, ``gpu_mem_peak_gib``: the largest peak of memory
+    allocated by one worker in the epoch."""
     images = sum(s["images"] for s in all_stats)
     weighted = sum(s["loss"] * s["batches"] for s in all_stats)
-    return {
+    out = {
         **{k: metrics[k] for k in METRIC_NAMES},
         "loss": weighted / max(1, sum(s["batches"] for s in all_stats)),
         "images_per_s": images / max(s["seconds"] for s in all_stats),
         "epoch_time_s": seconds,
+        "first_batch_s": max(s["first_batch_s"] for s in all_stats),
+        "data_wait_share": max(_steady_wait_share(s) for s in all_stats),
     }
+    peaks = [s["gpu_mem_peak_gib"] for s in all_stats if "gpu_mem_peak_gib" in s]
+    if peaks:
+        out["gpu_mem_peak_gib"] = max(peaks)
+    return out
+
+
+def _steady_wait_share(stats: dict[str, Any]) -> float:
+    """The share of a worker's epoch after its first batch spent waiting for batches."""
+    after_first = stats["seconds"] - stats["first_batch_s"]
+    return (stats["data_wait_s"] - stats["first_batch_s"]) / after_first if after_first > 0 else 0.0
 
 
 def _train_epoch(worker: _Worker, progress: _Progress, batches: Any,

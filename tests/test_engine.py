@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import time
 
 import numpy as np
 import pytest
@@ -82,6 +83,24 @@ def test_train_one_epoch_lowers_the_loss_and_reports_steps():
     for _ in range(8):
         last = train_one_epoch(model, criterion, optimizer, batches, torch.device("cpu"))
     assert last["loss"] < first["loss"]
+
+
+def test_train_one_epoch_counts_the_time_spent_waiting_for_batches():
+    config = tiny_config()
+    model, criterion = build_model(config), build_criterion(config)
+    optimizer = build_optimizer(model, OptimConfig())
+
+    def slow(batches, first_s, then_s):  # an input pipeline that is slow to start, then slow
+        for i, batch in enumerate(batches):
+            time.sleep(first_s if i == 0 else then_s)
+            yield batch
+
+    stats = train_one_epoch(model, criterion, optimizer, slow(_batches(3), 0.3, 0.1),
+                            torch.device("cpu"))
+    assert 0.3 <= stats["first_batch_s"] < stats["data_wait_s"] < stats["seconds"]
+    assert stats["data_wait_s"] - stats["first_batch_s"] >= 0.2  # two later batches
+    fed = train_one_epoch(model, criterion, optimizer, _batches(3), torch.device("cpu"))
+    assert fed["data_wait_s"] < 0.1 and fed["first_batch_s"] <= fed["data_wait_s"]
 
 
 def test_train_one_epoch_stops_on_a_non_finite_loss():

@@ -21,7 +21,8 @@ from pipelines.train import run_training  # noqa: E402
 from pipelines.train_settings import TrainSettings  # noqa: E402
 from samdetr.data.shards import manifest_checksum  # noqa: E402
 
-EPOCH_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "epoch_time_s", "loss")
+EPOCH_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "epoch_time_s", "loss",
+              "first_batch_s", "data_wait_share")
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,9 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
     assert params["optim.lr"] == "0.0002" and params["data.batch_size"] == "3"
     for key in EPOCH_KEYS:
         assert _steps(client, run_id, key) == [0, 1], key  # step = epoch, each once
+    assert "gpu_mem_peak_gib" not in client.get_run(run_id).data.metrics  # CPU workers
+    for entry in client.get_metric_history(run_id, "data_wait_share"):
+        assert 0.0 <= entry.value < 1.0
     # 12 images in blocks of 3 over 2 workers, batch 3: 2 steps per worker per epoch.
     assert _steps(client, run_id, "train/loss") == [1, 2, 3, 4]
     for key in ("train/loss_ce", "train/loss_bbox", "train/loss_giou", "train/lr",
@@ -105,6 +109,7 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
     result = run_evaluate(EvaluateConfig(shards=ws["val"], checkpoint=summary["best_checkpoint"]))
     for key in ("AP", "AP50", "AP75", "AR100"):
         assert result["metrics"][key] == pytest.approx(best[key], abs=1e-9), key
+    assert result["images"] == 6 and result["images_per_s"] > 0
 
     # The registered MLflow model (the best checkpoint behind a pyfunc) scores like the
     # checkpoint run through samdetr's Predictor on the same images.

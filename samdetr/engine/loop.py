@@ -120,7 +120,11 @@ def train_one_epoch(
     Returns:
         ``loss`` and :data:`LOGGED_TERMS` averaged over this worker's batches, plus ``steps``
         (optimizer steps, the same on every worker), ``batches`` and ``images`` (this worker's
-        own) and ``seconds``.
+        own), ``seconds``, ``data_wait_s`` (the time spent blocked on ``batches`` for a batch)
+        and ``first_batch_s`` (of that, the wait for the first one: the input pipeline's start).
+        The step reads one value back from the device per step (under ``world_reduce``) or per
+        ``log_every`` steps, so the device is at most that far ahead: ``data_wait_s`` bounds
+        from above the time the device sat idle for want of data.
 
     Raises:
         FloatingPointError: when the loss becomes NaN or infinite (training cannot recover).
@@ -130,9 +134,14 @@ def train_one_epoch(
     criterion.train()
     tally = _Tally(torch.zeros(len(LOGGED_TERMS) + 1, dtype=torch.float64, device=device))
     start = time.perf_counter()
+    waited, first_wait = 0.0, None
     source = iter(batches)
     while True:
+        asked = time.perf_counter()
         batch = next(source, None)
+        waited += time.perf_counter() - asked
+        if first_wait is None:
+            first_wait = waited
         if options.world_reduce is None:
             if batch is None:
                 break
@@ -156,7 +165,8 @@ def train_one_epoch(
         _report(tally.steps, tally.last, optimizer, options.on_step)
     return {
         **tally.means(), "steps": tally.steps, "batches": tally.own_batches,
-        "images": tally.images, "seconds": time.perf_counter() - start,
+        "images": tally.images, "seconds": time.perf_counter() - start, "data_wait_s": waited,
+        "first_batch_s": first_wait or 0.0,
     }
 
 
