@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from pipelines.backbone_weights import check_backbone_weights
 from pipelines.cluster import check_cluster
 from pipelines.registry import log_best_model
 from pipelines.run_record import (
@@ -68,6 +69,8 @@ def run_training(settings: TrainSettings, config_yaml: str = "",
     settings = settings.resolved()
     previous = previous_record(settings)
     data = check_data(settings)
+    if previous is None:  # a resumed run's checkpoint holds every weight
+        check_backbone_weights(settings.detector.model.backbone.weights)
     if settings.tracking.enabled:  # before any minute is spent on training
         check_reachable(settings.tracking.resolved_uri())
     _connect(settings.trainer.ray_address, settings.trainer.verbose)

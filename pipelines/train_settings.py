@@ -10,10 +10,12 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipelines.backbone_weights import absolute_weights
 from samdetr.config import DetectorConfig, known_fields
 from samdetr.data.storage import absolute, is_uri
 from samdetr.engine.coco_eval import METRIC_NAMES
@@ -256,7 +258,13 @@ class TrainSettings:
             self.tracking, tracking_uri=self.tracking.resolved_uri(),
             artifact_location=absolute(location) if location else location,
         )
-        return dataclasses.replace(self, data=data, trainer=trainer, tracking=tracking)
+        model = self.detector.model
+        backbone = dataclasses.replace(model.backbone,
+                                       weights=absolute_weights(model.backbone.weights))
+        detector = dataclasses.replace(
+            self.detector, model=dataclasses.replace(model, backbone=backbone))
+        return dataclasses.replace(self, detector=detector, data=data, trainer=trainer,
+                                   tracking=tracking)
 
     def local_paths(self) -> dict[str, str]:
         """``{setting: path}`` of the settings that name local files (not URIs), which every
@@ -266,6 +274,9 @@ class TrainSettings:
             "data.val_shards": self.data.val_shards,
             "trainer.storage_path": self.trainer.storage_path,
         }
+        weights = self.detector.model.backbone.weights
+        if weights is not None and Path(weights).expanduser().is_absolute():  # a file
+            paths["model.backbone.weights"] = weights
         return {k: v for k, v in paths.items() if not is_uri(v)}
 
     def to_dict(self) -> dict[str, Any]:

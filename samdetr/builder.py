@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 from samdetr.config import DetectorConfig, ModelConfig
@@ -83,13 +85,14 @@ def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = Fa
         TransformerEncoderLayer(d, cfg.num_heads, cfg.dim_feedforward, cfg.dropout),
         cfg.num_encoder_layers,
     )
-    box_heads = nn.ModuleList(MLP(d, d, 4, 3) for _ in range(cfg.num_decoder_layers))
+    # As the official code: one class head and one box head (PyTorch's default init; the box
+    # heads are not part of the Xavier init below), cloned into every decoder layer, so all
+    # layers start from the same heads and then train apart.
+    box_heads = _clones(MLP(d, d, 4, 3), cfg.num_decoder_layers)
     decoder = TransformerDecoder(build_decoder_layer(cfg), cfg.num_decoder_layers, box_heads)
     transformer = Transformer(encoder, decoder)
     transformer.reset_parameters()
-    class_heads = nn.ModuleList(
-        nn.Linear(d, cfg.num_classes) for _ in range(cfg.num_decoder_layers)
-    )
+    class_heads = _clones(nn.Linear(d, cfg.num_classes), cfg.num_decoder_layers)
     model = SAMDETR(
         backbone=backbone,
         position_encoding=PositionEmbeddingSine(d // 2),
@@ -98,9 +101,15 @@ def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = Fa
         class_heads=class_heads,
         num_queries=cfg.num_queries,
         aux_loss=cfg.aux_loss,
+        attention_kernel=cfg.attention_kernel,
     )
     model.reset_head_parameters()
     return model
+
+
+def _clones(module: nn.Module, count: int) -> nn.ModuleList:
+    """``count`` independent copies of ``module`` (equal values, separate parameters)."""
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(count))
 
 
 def count_trainable_parameters(model: nn.Module) -> int:

@@ -17,6 +17,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("frozen_bn", "batch_norm", "group_norm")
 DECODERS = ("sam", "baseline")
 ROI_ALIGNS = ("auto", "matmul", "torchvision")
+ATTENTION_KERNELS = ("math", "auto")
 
 T = TypeVar("T")
 
@@ -152,6 +153,10 @@ class ModelConfig:
     # matrix product), "torchvision" (its kernel), "auto" (matmul when training on CPU, where
     # it is faster; torchvision's for inference and on CUDA).
     roi_align: str = "auto"
+    # Encoder and decoder attention kernel (torch's scaled_dot_product_attention): "math" (the
+    # plain kernel, on every device: the fused kernels' backward gave NaN gradients in training
+    # here, docs/performance.md "Attention kernel"), "auto" (torch picks, fused ones included).
+    attention_kernel: str = "math"
     point_embed_grad: bool = False  # official: sine embeddings are computed without gradient
     aux_loss: bool = True  # predictions of every decoder layer
 
@@ -183,6 +188,11 @@ class ModelConfig:
         _check(
             self.roi_align in ROI_ALIGNS,
             f"model.roi_align must be one of {ROI_ALIGNS}, got {self.roi_align!r}",
+        )
+        _check(
+            self.attention_kernel in ATTENTION_KERNELS,
+            f"model.attention_kernel must be one of {ATTENTION_KERNELS}, "
+            f"got {self.attention_kernel!r}",
         )
         d = self.hidden_dim
         # Sine embeddings give D/2 features per axis as (sin, cos) pairs.

@@ -20,6 +20,16 @@ def coco128_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def official_tiny_v2_dir() -> Path:
+    """The stricter fixture: every tensor perturbed, 6 decoder layers (see its README)."""
+    path = SHARED_DIR / "fixtures" / "official-tiny-v2"
+    if not (path / "weights.pt").is_file():
+        pytest.fail(f"official-tiny-v2 fixture missing at {path} (expected ../shared beside the "
+                    "repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def official_tiny_dir() -> Path:
     """Weights, inputs and the official code's outputs for a small SAM-DETR (see its README)."""
     path = SHARED_DIR / "fixtures" / "official-tiny"

@@ -122,6 +122,30 @@ def test_baseline_decoder_trains():
     check_gradients_after_box_heads_move(config, model)
 
 
+def test_every_layer_starts_from_the_same_heads_and_trains_them_apart():
+    """The official init: one class head and one box head, cloned into every decoder layer
+    (PyTorch's default Linear init for both, not the transformer's Xavier; class bias at the
+    focal prior; box heads' last layer zero)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(num_decoder_layers=3))
+    heads = [model.class_heads, model.transformer.decoder.box_heads]
+    for layers in heads:
+        first = layers[0].state_dict()
+        for layer in layers[1:]:
+            for name, value in layer.state_dict().items():
+                assert torch.equal(value, first[name]), name
+    assert torch.allclose(model.class_heads[0].bias, torch.tensor(-4.59512))
+    bound = 1 / D ** 0.5  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    hidden = model.transformer.decoder.box_heads[0].layers[0].weight
+    assert hidden.abs().max() <= bound and hidden.abs().max() > 0.9 * bound
+    # separate parameters: an update of one layer's head leaves the others as they were
+    params = {id(p) for layers in heads for p in layers.parameters()}
+    assert len(params) == sum(1 for layers in heads for _ in layers.parameters())
+    with torch.no_grad():
+        model.class_heads[1].weight.add_(1.0)
+    assert not torch.equal(model.class_heads[0].weight, model.class_heads[1].weight)
+
+
 def test_without_aux_loss():
     model = build_model(tiny_config(aux_loss=False)).eval()
     with torch.no_grad():
@@ -235,3 +259,27 @@ def test_attention_runs_on_the_plain_kernel_only():
         model(torch.randn(1, 3, 64, 64))
     assert seen == [(True, False, False, False)]
     assert torch.backends.cuda.flash_sdp_enabled()  # restored after the forward
+
+
+def test_attention_kernel_auto_leaves_the_choice_to_torch():
+    """model.attention_kernel=auto: every SDPA backend stays enabled; same outputs as math."""
+    torch.manual_seed(0)
+    config = tiny_config(attention_kernel="auto")
+    model = build_model(config).eval()
+    seen = []
+
+    def record(module, args):
+        backends = torch.backends.cuda
+        seen.append((backends.math_sdp_enabled(), backends.flash_sdp_enabled(),
+                     backends.mem_efficient_sdp_enabled()))
+
+    model.transformer.encoder.layers[0].self_attn.register_forward_pre_hook(record)
+    images, mask = pad_images([torch.randn(3, 64, 80), torch.randn(3, 48, 64)])
+    with torch.no_grad():
+        auto = model(images, mask)
+        model.attention_kernel = "math"
+        math = model(images, mask)
+    assert seen[0] == (True, True, True)
+    assert_close(auto["pred_logits"], math["pred_logits"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention_kernel must be one of"):
+        tiny_config(attention_kernel="flash")

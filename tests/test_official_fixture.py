@@ -7,17 +7,22 @@ this project's checkpoint converter, exactly as a user's official checkpoint wou
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
-from official_fixture import grad_keys, inputs, official_args, official_state_dict, reference
+from official_fixture import (
+    grad_keys,
+    inputs,
+    load_as_official_checkpoint,
+    official_args,
+    official_state_dict,
+    reference,
+)
 from torch.testing import assert_close
 
 from samdetr.batching import pad_images
 from samdetr.builder import build_criterion
 from samdetr.model.postprocess import PostProcess
-from samdetr.official import convert_state_dict, load_official
+from samdetr.official import convert_state_dict
 
 VARIANTS = ["base", "smca"]
 # Gradients of tensors upstream of the encoder's self-attention are ill-conditioned for these
@@ -32,12 +37,10 @@ ILL_CONDITIONED = ("input_proj.", "backbone.")
 def converted(request, official_tiny_dir, tmp_path_factory):
     """(variant, model, config) loaded from an official-format checkpoint file."""
     variant = request.param
-    path = tmp_path_factory.mktemp("official") / f"{variant}.pth"
-    state = official_state_dict(official_tiny_dir, variant)
-    args = argparse.Namespace(**official_args(official_tiny_dir, variant))
-    torch.save({"model": state, "args": args, "epoch": 49}, path)
-    model, config = load_official(path)
-    return variant, model.eval(), config
+    model, config = load_as_official_checkpoint(
+        official_state_dict(official_tiny_dir, variant), official_args(official_tiny_dir, variant),
+        tmp_path_factory.mktemp("official") / f"{variant}.pth")
+    return variant, model, config
 
 
 def _forward(model, fixture_dir, dtype=torch.float32):

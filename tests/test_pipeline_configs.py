@@ -88,32 +88,33 @@ def fingerprint(config_name: str, overrides: list[str]) -> str:
 
 # Fingerprints of the configs composed from conf/ (first taken at commit 47a7925, where every
 # default was restated in YAML; since then the new fields model.backbone.last_stage,
-# tracking.parent_run_id and trainer.checkpoint_metric, the recipe experiment=shapes_small,
+# tracking.parent_run_id, trainer.checkpoint_metric, model.roi_align and
+# model.attention_kernel, the recipe experiment=shapes_small,
 # conf/study.yaml and conf/tune.yaml), with
 # MLFLOW_TRACKING_URI and SAMDETR_STORAGE unset.
 # A deliberate change of a composed config changes its fingerprint: update it here then.
 FINGERPRINTS = {
-    "train": "56b96ca5113b2027",
-    "train experiment=shapes_small": "b134e332393ad7fe",
-    "train experiment=sam_detr_r50_dc5_e12": "57f4e5099c759124",
-    "train experiment=sam_detr_r50_dc5_e50": "cb9237eefd34e67e",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "cd4889552294996b",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "cf4e5d5edc6faaf6",
-    "train experiment=sam_detr_r50_e12": "9abf4aab548b3fb9",
-    "train experiment=sam_detr_r50_e50": "caa23f580d3a7193",
-    "train experiment=sam_detr_r50_smca_e12": "75a0d3177a8b6027",
-    "train experiment=sam_detr_r50_smca_e50": "f55a35b555861ca6",
-    "train model=baseline_r50": "2e38930391e787c3",
-    "train model=sam_detr_r50": "fc26a506b8a8dc4d",
-    "train model=sam_detr_r50_dc5": "cf3135a822217de2",
-    "train model=sam_detr_r50_dc5_smca": "91323cfd33797305",
-    "train model=sam_detr_r50_smca": "833765d19242801d",
-    "train data=coco128": "c3d11ecf56c45bfa",
-    "train data=coco2017": "c54884a9c6406e7c",
-    "train trainer=gpu": "165d9a15037aa6f8",
-    "train tracking=server": "1e709670f3bfcc52",
+    "train": "309797e76540cded",
+    "train experiment=shapes_small": "9ecb5a84a1285323",
+    "train experiment=sam_detr_r50_dc5_e12": "b608c0c8732fa177",
+    "train experiment=sam_detr_r50_dc5_e50": "ade87badf474e2fe",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "afa2624e5ee8b743",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "e9d1686f5afeee4b",
+    "train experiment=sam_detr_r50_e12": "8cb35a99bb39d84f",
+    "train experiment=sam_detr_r50_e50": "45adc648de0405d2",
+    "train experiment=sam_detr_r50_smca_e12": "71b2cf3232a6dc35",
+    "train experiment=sam_detr_r50_smca_e50": "b822d64fb1554a34",
+    "train model=baseline_r50": "07876494d24dda1e",
+    "train model=sam_detr_r50": "370670ff89d0bb5b",
+    "train model=sam_detr_r50_dc5": "afa0e5ffc6c9b807",
+    "train model=sam_detr_r50_dc5_smca": "c14320176aca5d2e",
+    "train model=sam_detr_r50_smca": "c33dd6d002b507d0",
+    "train data=coco128": "736753fa25b2d6e2",
+    "train data=coco2017": "2aba4ce50f80933c",
+    "train trainer=gpu": "69598dde9ee20c76",
+    "train tracking=server": "46e6d611dccc0630",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "64b2873abe61936c",
+        "f62dd3fe01f48e1e",
     "preprocess": "e4f3779aab0ea1d9",
     "preprocess data=synthetic split=val": "84dd83cb6188b853",
     "preprocess data=coco2017 split=val": "6980c482e6d367d3",
@@ -121,11 +122,11 @@ FINGERPRINTS = {
     "promote shards=x": "9b342e7ac06f12b3",
     "submit": "26ac1eabb9a52c1d",
     "make_synthetic": "6bf71df80590184c",
-    "study": "202652a5014953c0",
-    "tune": "08910694e1d9c54b",
-    "tune sweep=m_smca_lr": "7369a9c1179f6132",
+    "study": "b6e8ae7dc3946b97",
+    "tune": "5a4a79aa2759f109",
+    "tune sweep=m_smca_lr": "50fe3e1af459e98d",
     "tune experiment=sam_detr_r50_e12 data=coco2017 trainer=gpu tracking=server":
-        "ed890b57afe405ee",
+        "0e9c48f80c041874",
 }
 
 

@@ -116,13 +116,15 @@ def _freeze_batch_norms(module: nn.Module) -> None:
             _freeze_batch_norms(child)
 
 
-def load_backbone_weights(backbone: Backbone, weights: str) -> None:
-    """Load ImageNet weights into ``backbone.body``.
+def read_backbone_weights(weights: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict named by ``weights``: a local file (a state dict, possibly under
+    ``"state_dict"`` or ``"model"``, read with ``weights_only=True``) or a torchvision weights
+    name such as ``"ResNet50_Weights.IMAGENET1K_V1"`` (read from torchvision's cache,
+    downloaded into it first if it is not there: OSError when that fails).
 
-    ``weights`` is either a local file (a state dict, possibly under ``"state_dict"`` or
-    ``"model"``, read with ``weights_only=True``) or a torchvision weights name such as
-    ``"ResNet50_Weights.IMAGENET1K_V1"`` (torchvision downloads or reuses its cache).
-    The classifier head (``fc.*``) is ignored; every trunk tensor must be present.
+    Raises:
+        ValueError: ``weights`` is neither an existing file nor a torchvision weights name.
+        TypeError: the file holds no state dict.
     """
     path = Path(weights).expanduser()
     if path.is_file():
@@ -141,6 +143,15 @@ def load_backbone_weights(backbone: Backbone, weights: str) -> None:
         state = enum.get_state_dict(progress=False)
     if not isinstance(state, dict):
         raise TypeError(f"backbone weights {weights!r} do not hold a state dict")
+    return state
+
+
+def load_backbone_weights(backbone: Backbone, weights: str) -> None:
+    """Load ImageNet weights (see :func:`read_backbone_weights`) into ``backbone.body``.
+
+    The classifier head (``fc.*``) is ignored; every trunk tensor must be present.
+    """
+    state = read_backbone_weights(weights)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     result = backbone.body.load_state_dict(state, strict=False)
     # FrozenBatchNorm2d drops num_batches_tracked itself, so only real gaps remain.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -25,6 +26,8 @@ class SAMDETR(nn.Module):
         class_heads: one Linear D -> K per decoder layer.
         num_queries: Q, rows of the learnable reference-box table.
         aux_loss: also return the predictions of the earlier decoder layers.
+        attention_kernel: "math" runs the encoder's and decoder's attention on PyTorch's plain
+            SDPA kernel only; "auto" lets PyTorch choose (its fused kernels included).
     """
 
     def __init__(
@@ -36,8 +39,12 @@ class SAMDETR(nn.Module):
         class_heads: nn.ModuleList,
         num_queries: int,
         aux_loss: bool = True,
+        attention_kernel: str = "math",
     ):
         super().__init__()
+        if attention_kernel not in ("math", "auto"):
+            raise ValueError(f"attention_kernel must be math or auto, got {attention_kernel!r}")
+        self.attention_kernel = attention_kernel
         self.backbone = backbone
         self.position_encoding = position_encoding
         self.input_proj = input_proj
@@ -86,9 +93,11 @@ class SAMDETR(nn.Module):
         features, feature_mask = self.backbone(images, mask)
         pos = self.position_encoding(feature_mask).to(features.dtype)
         src = self.input_proj(features)
-        # Attention on the plain (math) SDPA kernel on every device: the fused kernels' backward
-        # gives NaN gradients with padding masks (docs/performance.md, "Attention kernel").
-        with sdpa_kernel([SDPBackend.MATH]):
+        # "math": the plain SDPA kernel, on every device; the fused kernels' backward gave NaN
+        # gradients in training here (docs/performance.md, "Attention kernel").
+        kernel = (sdpa_kernel([SDPBackend.MATH]) if self.attention_kernel == "math"
+                  else contextlib.nullcontext())
+        with kernel:
             hidden, boxes, points = self.transformer(
                 src, feature_mask, pos, self.reference_boxes.weight
             )
