@@ -15,10 +15,13 @@ from samdetr.model.attention import (
 from samdetr.model.backbone import build_resnet, load_backbone_weights
 from samdetr.model.criterion import SetCriterion
 from samdetr.model.decoder import BaselineDecoderLayer, SAMDecoderLayer, TransformerDecoder
+from samdetr.model.deformable_attention import MultiScaleDeformableAttention
+from samdetr.model.deformable_encoder import DeformableEncoder, DeformableEncoderLayer
 from samdetr.model.detector import SAMDETR
 from samdetr.model.encoder import TransformerEncoder, TransformerEncoderLayer
 from samdetr.model.matcher import HungarianMatcher
 from samdetr.model.mlp import MLP
+from samdetr.model.multiscale_transformer import MultiScaleTransformer
 from samdetr.model.position_encoding import PositionEmbeddingSine
 from samdetr.model.semantic_aligner import SemanticAligner
 from samdetr.model.transformer import Transformer
@@ -72,39 +75,65 @@ def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = Fa
     d = cfg.hidden_dim
     b = cfg.backbone
     backbone = build_resnet(
-        b.name, b.dilation, b.train_backbone, b.norm, b.trainable_layers, b.last_stage
+        b.name, b.dilation, b.train_backbone, b.norm, b.trainable_layers, b.last_stage,
+        num_levels=cfg.num_feature_levels if cfg.multiscale else 1,
     )
     if load_pretrained:
         if cfg.backbone.weights is None:
             raise ValueError("load_pretrained=True but model.backbone.weights is not set")
         load_backbone_weights(backbone, cfg.backbone.weights)
-    proj = [nn.Conv2d(backbone.num_channels, d, kernel_size=1)]
-    if cfg.input_proj_groupnorm:
-        proj.append(nn.GroupNorm(32, d))
-    encoder = TransformerEncoder(
-        TransformerEncoderLayer(d, cfg.num_heads, cfg.dim_feedforward, cfg.dropout),
-        cfg.num_encoder_layers,
-    )
     # As the official code: one class head and one box head (PyTorch's default init; the box
     # heads are not part of the Xavier init below), cloned into every decoder layer, so all
     # layers start from the same heads and then train apart.
     box_heads = _clones(MLP(d, d, 4, 3), cfg.num_decoder_layers)
     decoder = TransformerDecoder(build_decoder_layer(cfg), cfg.num_decoder_layers, box_heads)
-    transformer = Transformer(encoder, decoder)
+    if cfg.multiscale:
+        input_proj, transformer = _multiscale_parts(cfg, backbone, decoder)
+    else:
+        proj = [nn.Conv2d(backbone.num_channels, d, kernel_size=1)]
+        if cfg.input_proj_groupnorm:
+            proj.append(nn.GroupNorm(32, d))
+        input_proj = nn.Sequential(*proj)
+        encoder = TransformerEncoder(
+            TransformerEncoderLayer(d, cfg.num_heads, cfg.encoder_ffn, cfg.dropout),
+            cfg.num_encoder_layers,
+        )
+        transformer = Transformer(encoder, decoder)
     transformer.reset_parameters()
     class_heads = _clones(nn.Linear(d, cfg.num_classes), cfg.num_decoder_layers)
     model = SAMDETR(
         backbone=backbone,
         position_encoding=PositionEmbeddingSine(d // 2),
-        input_proj=nn.Sequential(*proj),
+        input_proj=input_proj,
         transformer=transformer,
         class_heads=class_heads,
         num_queries=cfg.num_queries,
         aux_loss=cfg.aux_loss,
         attention_kernel=cfg.attention_kernel,
+        multiscale=cfg.multiscale,
     )
     model.reset_head_parameters()
     return model
+
+
+def _multiscale_parts(cfg: ModelConfig, backbone: nn.Module,
+                      decoder: TransformerDecoder) -> tuple[nn.ModuleList, MultiScaleTransformer]:
+    """One input projection per level (1x1 conv + GroupNorm(32, D), Xavier with zero bias as
+    the official code) and the multiscale transformer with its deformable encoder."""
+    d, levels = cfg.hidden_dim, cfg.num_feature_levels
+    input_proj = nn.ModuleList()
+    for channels in backbone.level_channels:
+        conv = nn.Conv2d(channels, d, kernel_size=1)
+        nn.init.xavier_uniform_(conv.weight)
+        nn.init.zeros_(conv.bias)
+        input_proj.append(nn.Sequential(conv, nn.GroupNorm(32, d)))
+    attention = MultiScaleDeformableAttention(d, levels, cfg.num_heads, cfg.encoder_points)
+    encoder = DeformableEncoder(
+        DeformableEncoderLayer(attention, d, cfg.encoder_ffn, cfg.dropout),
+        cfg.num_encoder_layers,
+    )
+    transformer = MultiScaleTransformer(encoder, decoder, d, levels, cfg.layer_levels)
+    return input_proj, transformer
 
 
 def _clones(module: nn.Module, count: int) -> nn.ModuleList:

@@ -157,13 +157,29 @@ class ModelConfig:
     # plain kernel, on every device: the fused kernels' backward gave NaN gradients in training
     # here, docs/performance.md "Attention kernel"), "auto" (torch picks, fused ones included).
     attention_kernel: str = "math"
+    # Multiscale (the official --multiscale): the last num_feature_levels backbone stages
+    # (C3-C5), each with its own input projection + GroupNorm(32, D) and a level embedding, a
+    # deformable encoder, and decoder layers reading one level each, coarse to fine.
+    multiscale: bool = False
+    num_feature_levels: int = 3
+    encoder_points: int = 4  # deformable sampling points per head and level
+    # The encoder's FFN width; None: dim_feedforward // 2 when multiscale (the official code
+    # halves it there), dim_feedforward otherwise.
+    encoder_dim_feedforward: int | None = None
+    # The level each decoder layer reads, 0 = the finest (C3); None: the official split, the
+    # layers shared evenly from the coarsest level to the finest (6 layers, 3 levels:
+    # C5, C5, C4, C4, C3, C3).
+    decoder_levels: tuple[int, ...] | None = None
     point_embed_grad: bool = False  # official: sine embeddings are computed without gradient
     aux_loss: bool = True  # predictions of every decoder layer
 
     def __post_init__(self) -> None:
         _check_bools(
-            self, "model", ("smca", "input_proj_groupnorm", "point_embed_grad", "aux_loss")
+            self, "model",
+            ("smca", "input_proj_groupnorm", "point_embed_grad", "aux_loss", "multiscale"),
         )
+        if isinstance(self.decoder_levels, list):  # YAML and JSON give lists
+            object.__setattr__(self, "decoder_levels", tuple(self.decoder_levels))
         positive = (
             "hidden_dim",
             "num_heads",
@@ -174,6 +190,8 @@ class ModelConfig:
             "num_queries",
             "num_classes",
             "roi_size",
+            "num_feature_levels",
+            "encoder_points",
         )
         for name in positive:
             value = getattr(self, name)
@@ -225,6 +243,53 @@ class ModelConfig:
             and self.smca_beta > 0,
             f"model.smca_beta must be > 0, got {self.smca_beta!r}",
         )
+        width = self.encoder_dim_feedforward
+        _check(
+            width is None or (isinstance(width, int) and not isinstance(width, bool)
+                              and width > 0),
+            f"model.encoder_dim_feedforward must be a positive integer or null, got {width!r}",
+        )
+        if self.multiscale:
+            self._check_multiscale()
+
+    def _check_multiscale(self) -> None:
+        levels, stage = self.num_feature_levels, self.backbone.last_stage
+        _check(
+            stage - levels + 1 >= 2,
+            f"model.num_feature_levels={levels} needs the stages {stage - levels + 1}..{stage}; "
+            "the first with features is layer2 (at most 3 levels ending at layer4)",
+        )
+        _check(not self.backbone.dilation,
+               "model.multiscale does not combine with backbone.dilation (DC5)")
+        _check(self.hidden_dim % 32 == 0,
+               f"model.multiscale uses GroupNorm(32, D): hidden_dim={self.hidden_dim} must "
+               "divide by 32")
+        _check(self.decoder == "sam", "model.multiscale is built for decoder='sam'")
+        chosen = self.decoder_levels
+        _check(
+            chosen is None or (len(chosen) == self.num_decoder_layers and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < levels
+                for v in chosen)),
+            f"model.decoder_levels must give one level in 0..{levels - 1} per decoder layer "
+            f"({self.num_decoder_layers}), got {chosen!r}",
+        )
+
+    @property
+    def layer_levels(self) -> tuple[int, ...]:
+        """The level each decoder layer reads (0 = the finest); single-scale: all 0."""
+        if not self.multiscale:
+            return (0,) * self.num_decoder_layers
+        if self.decoder_levels is not None:
+            return self.decoder_levels
+        levels, layers = self.num_feature_levels, self.num_decoder_layers
+        return tuple(levels - 1 - (i * levels) // layers for i in range(layers))
+
+    @property
+    def encoder_ffn(self) -> int:
+        """The encoder's FFN width (see ``encoder_dim_feedforward``)."""
+        if self.encoder_dim_feedforward is not None:
+            return self.encoder_dim_feedforward
+        return self.dim_feedforward // 2 if self.multiscale else self.dim_feedforward
 
 
 @dataclass(frozen=True)
@@ -288,15 +353,18 @@ _NESTED = {
 }
 
 
-def _official(smca: bool, dilation: bool, epochs: int) -> DetectorConfig:
+def _official(smca: bool, dilation: bool, epochs: int, multiscale: bool = False
+              ) -> DetectorConfig:
     if epochs not in (12, 50):
         raise ValueError(f"official presets exist for 12 and 50 epochs, got {epochs}")
     return DetectorConfig(
         model=ModelConfig(
             backbone=BackboneConfig(name="resnet50", dilation=dilation),
             smca=smca,
-            # The official code adds this GroupNorm exactly when trained for < 25 epochs.
-            input_proj_groupnorm=epochs < 25,
+            # The official code adds this GroupNorm exactly when trained for < 25 epochs; the
+            # multiscale model has one after every level's projection whatever the epochs.
+            input_proj_groupnorm=epochs < 25 and not multiscale,
+            multiscale=multiscale,
         )
     )
 
@@ -304,6 +372,10 @@ def _official(smca: bool, dilation: bool, epochs: int) -> DetectorConfig:
 PRESETS = {
     f"sam_detr_r50{'_dc5' if dc5 else ''}{'_smca' if smca else ''}_e{epochs}": (smca, dc5, epochs)
     for dc5 in (False, True)
+    for smca in (False, True)
+    for epochs in (12, 50)
+} | {
+    f"sam_detr_r50_ms{'_smca' if smca else ''}_e{epochs}": (smca, False, epochs, True)
     for smca in (False, True)
     for epochs in (12, 50)
 }

@@ -60,6 +60,12 @@ _PREFIXES = [
     (re.compile(r"^bbox_embed\.(\d+)\."), r"transformer.decoder.box_heads.\1."),
     (re.compile(r"^transformer\.encoder\."), "transformer.encoder."),
 ]
+# The multiscale model: one projection per level (conv + GroupNorm), named as here, and the
+# level embedding.
+_MULTISCALE_PREFIXES = [
+    (re.compile(r"^input_proj\.(\d+)\.([01])\."), r"input_proj.\1.\2."),
+    (re.compile(r"^transformer\.level_embed$"), "transformer.level_embed"),
+]
 _ALIAS = re.compile(r"^transformer\.decoder\.bbox_embed\.(.+)$")
 
 
@@ -69,11 +75,10 @@ def convert_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
     The ``transformer.decoder.bbox_embed.*`` aliases must equal ``bbox_embed.*`` and are
     dropped. Unknown names raise ``ValueError`` (nothing is silently ignored).
     """
-    if any(
-        k.startswith(("input_proj.1.", "input_proj.2.")) or k == "transformer.level_embed"
-        for k in official
-    ):
-        raise ValueError("multi-scale SAM-DETR checkpoints (deformable encoder) are not supported")
+    prefixes = _PREFIXES
+    if "transformer.level_embed" in official:  # the multiscale model
+        prefixes = _MULTISCALE_PREFIXES + [
+            (p, r) for p, r in _PREFIXES if not p.pattern.startswith("^input_proj")]
     converted: dict[str, Tensor] = {}
     unknown = []
     for name, tensor in official.items():
@@ -90,7 +95,7 @@ def convert_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
                 f"transformer.decoder.layers.{index}.{_DECODER_LAYER_NAMES[module]}.{rest}"
             ] = tensor
             continue
-        for pattern, replacement in _PREFIXES:
+        for pattern, replacement in prefixes:
             if pattern.match(name):
                 converted[pattern.sub(replacement, name, count=1)] = tensor
                 break
@@ -114,14 +119,18 @@ def infer_config(
     ``overrides`` are ModelConfig fields (``dilation`` goes to the backbone) that win over both.
     """
     args = dict(args or {})
+    levels = official.get("transformer.level_embed")
+    num_levels = 1 if levels is None else levels.shape[0]
     try:
-        proj = official["input_proj.0.0.weight"]
+        # the coarsest level's projection (the only one, single-scale) tells the ResNet
+        proj = official[f"input_proj.{num_levels - 1}.0.weight"]
         d, channels = proj.shape[0], proj.shape[1]
         num_classes = official["class_embed.0.weight"].shape[0]
         num_queries = official["query_embed.weight"].shape[0]
         num_points = official["transformer.decoder.layers.0.attn1.weight"].shape[0] // d
         head_out = official["transformer.decoder.layers.0.point2.6.weight"].shape[0]
-        ffn = official["transformer.encoder.layers.0.linear1.weight"].shape[0]
+        ffn = official["transformer.decoder.layers.0.linear1.weight"].shape[0]
+        encoder_ffn = official["transformer.encoder.layers.0.linear1.weight"].shape[0]
     except KeyError as err:
         raise ValueError(f"not an official SAM-DETR state dict: missing {err}") from err
     if head_out not in (2 * num_points, 4 * num_points):
@@ -157,8 +166,19 @@ def infer_config(
         num_classes=num_classes,
         decoder="sam",
         smca=head_out == 4 * num_points,
-        input_proj_groupnorm="input_proj.0.1.weight" in official,
+        input_proj_groupnorm=levels is None and "input_proj.0.1.weight" in official,
     )
+    if levels is not None:
+        heads = fields["num_heads"]
+        offsets = official.get("transformer.encoder.layers.0.self_attn.sampling_offsets.weight")
+        if offsets is None:
+            raise ValueError("the checkpoint has a level embedding but no deformable encoder: "
+                             "not an official multiscale SAM-DETR state dict")
+        fields.update(multiscale=True, num_feature_levels=num_levels,
+                      encoder_points=offsets.shape[0] // (2 * heads * num_levels))
+    halved = ffn // 2 if levels is not None else ffn  # the official encoder's width
+    if encoder_ffn != halved:
+        fields["encoder_dim_feedforward"] = encoder_ffn
     fields.update(overrides)
     return DetectorConfig(model=ModelConfig(**fields))
 

@@ -48,6 +48,11 @@ def grad_keys(fixture_dir: Path) -> list[str]:
     return json.loads((fixture_dir / "config.json").read_text())["grad_keys"]
 
 
+def multiscale_grad_keys(fixture_dir: Path) -> list[str]:
+    """``official-tiny-v2``: the gradients recorded for the multiscale variants only."""
+    return json.loads((fixture_dir / "config.json").read_text())["multiscale_grad_keys"]
+
+
 def inputs(fixture_dir: Path) -> dict:
     return torch.load(fixture_dir / "inputs.pt", weights_only=True)
 

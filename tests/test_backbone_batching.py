@@ -147,6 +147,24 @@ def test_last_stage_is_checked():
         build_resnet("resnet50", True, True, last_stage=3)
 
 
+def test_several_levels_come_finest_first_with_their_masks():
+    backbone = build_resnet("resnet18", False, True, num_levels=3)
+    assert backbone.level_channels == (128, 256, 512) and backbone.num_channels == 512
+    mask = torch.zeros(1, 64, 96, dtype=torch.bool)
+    mask[:, :, 64:] = True
+    images = torch.randn(1, 3, 64, 96)
+    levels = backbone.forward_levels(images, mask)
+    for (features, small), (channels, stride) in zip(levels, [(128, 8), (256, 16), (512, 32)],
+                                                     strict=True):
+        assert features.shape == (1, channels, 64 // stride, 96 // stride)
+        assert small.shape == (1, 64 // stride, 96 // stride)
+        assert small[0, 0].tolist() == [j * stride >= 64 for j in range(96 // stride)]
+    last, last_mask = backbone(images, mask)
+    assert torch.equal(last, levels[-1][0]) and torch.equal(last_mask, levels[-1][1])
+    with pytest.raises(ValueError, match="at most 2"):
+        build_resnet("resnet18", False, True, last_stage=3, num_levels=3)
+
+
 def test_backbone_mask_is_downsampled():
     backbone = build_resnet("resnet18", dilation=False, train_backbone=True)
     mask = torch.zeros(1, 64, 96, dtype=torch.bool)

@@ -261,11 +261,11 @@ def test_from_dict_of_empty_dict_is_default():
 # ---------------------------------------------------------------------------- presets
 
 
-def test_there_are_eight_presets():
-    assert len(PRESETS) == 8
+def test_there_are_twelve_presets():
+    assert len(PRESETS) == 12
     assert set(PRESETS) == {
-        f"sam_detr_r50{dc5}{smca}_e{ep}"
-        for dc5 in ("", "_dc5")
+        f"sam_detr_r50{scale}{smca}_e{ep}"
+        for scale in ("", "_dc5", "_ms")
         for smca in ("", "_smca")
         for ep in (12, 50)
     }
@@ -279,7 +279,9 @@ def test_preset_builds_a_matching_config(name):
     assert m.backbone.name == "resnet50"
     assert m.backbone.dilation == ("_dc5" in name)
     assert m.smca == ("_smca" in name)
-    assert m.input_proj_groupnorm == name.endswith("_e12")
+    assert m.multiscale == ("_ms" in name)
+    # single-scale: GroupNorm for < 25 epochs; multiscale: always, built in
+    assert m.input_proj_groupnorm == (name.endswith("_e12") and not m.multiscale)
     assert (m.hidden_dim, m.num_queries, m.num_classes, m.num_salient_points) == (256, 300, 91, 8)
     assert (m.num_encoder_layers, m.num_decoder_layers, m.dim_feedforward) == (6, 6, 2048)
     assert m.decoder == "sam"
@@ -293,6 +295,35 @@ def test_12_and_50_epoch_presets_differ_only_in_groupnorm(stem):
     assert short["model"].pop("input_proj_groupnorm") is True
     assert long["model"].pop("input_proj_groupnorm") is False
     assert short == long
+
+
+def test_multiscale_presets_have_the_official_parameter_counts():
+    from samdetr.builder import build_model, count_trainable_parameters
+
+    for name, count in (("sam_detr_r50_ms_e12", 54_972_298), ("sam_detr_r50_ms_e50", 54_972_298),
+                        ("sam_detr_r50_ms_smca_e12", 55_021_546)):
+        assert count_trainable_parameters(build_model(preset(name))) == count, name
+    m = preset("sam_detr_r50_ms_e12").model
+    assert (m.num_feature_levels, m.encoder_points, m.encoder_ffn) == (3, 4, 1024)
+    assert m.layer_levels == (2, 2, 1, 1, 0, 0)
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"num_feature_levels": 4}, "num_feature_levels=4"),
+    ({"backbone": {"dilation": True}}, "dilation"),
+    ({"decoder_levels": [0, 1]}, "decoder_levels"),
+    ({"decoder_levels": [0, 0, 1, 1, 3, 3]}, "decoder_levels"),
+    ({"hidden_dim": 48, "num_heads": 4, "num_salient_points": 4}, "GroupNorm"),
+    ({"decoder": "baseline"}, "decoder='sam'"),
+])
+def test_multiscale_settings_are_checked(changes, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        DetectorConfig.from_dict({"model": {"multiscale": True, **changes}})
+
+
+def test_decoder_levels_are_explicit_when_given():
+    m = ModelConfig(multiscale=True, num_decoder_layers=3, decoder_levels=[2, 0, 1])
+    assert m.layer_levels == (2, 0, 1) and m.decoder_levels == (2, 0, 1)
 
 
 @pytest.mark.parametrize("name", ["sam_detr_r101_e50", "sam_detr_r50_e36", "", "SAM_DETR_R50_E50"])

@@ -176,15 +176,21 @@ def test_unknown_key_is_named(variant, extra):
     assert "unrecognised" in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "extra", ["input_proj.1.0.weight", "input_proj.2.1.bias", "transformer.level_embed"]
-)
-def test_multiscale_checkpoint_is_refused(variant, extra):
+@pytest.mark.parametrize("extra", ["input_proj.1.0.weight", "input_proj.2.1.bias"])
+def test_stray_level_projections_are_refused(variant, extra):
     _, model = variant
     official = to_official(model.state_dict())
     official[extra] = torch.zeros(3)
-    with pytest.raises(ValueError, match="multi-scale"):
+    with pytest.raises(ValueError, match="unrecognised"):
         convert_state_dict(official)
+
+
+def test_a_level_embedding_without_a_deformable_encoder_is_refused(variant):
+    config, model = variant
+    official = to_official(model.state_dict())
+    official["transformer.level_embed"] = torch.zeros(3, config.model.hidden_dim)
+    with pytest.raises(ValueError, match="not an official"):
+        infer_config(official, official_args(config))
 
 
 def test_infer_config_recognises_the_variant(variant):

@@ -3,9 +3,10 @@
 Every tensor of that fixture is perturbed away from the official initialisation (so swapped or
 dropped LayerNorms, biases or per-layer heads change the numbers), the encoder's attention is
 not saturated (so the gradients of ``input_proj`` and the backbone are well conditioned and
-checked in float32 like the rest) and the decoder has 6 layers. The weights go through this
-project's official-checkpoint loader, as a user's checkpoint would. Tolerances are the
-fixture README's: outputs and losses ~1e-5 relative, gradients ~1e-4 relative.
+checked in float32 like the rest) and the decoder has 6 layers, which the multiscale variants
+(``ms``, ``ms_smca``: C3-C5, deformable encoder) spread over the three levels. The weights go
+through this project's official-checkpoint loader, as a user's checkpoint would. Tolerances
+are the fixture README's: outputs and losses ~1e-5 relative, gradients ~1e-4 relative.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from official_fixture import (
     grad_keys,
     inputs,
     load_as_official_checkpoint,
+    multiscale_grad_keys,
     official_args,
     official_state_dict_v2,
     reference,
@@ -27,7 +29,7 @@ from samdetr.builder import build_criterion
 from samdetr.model.postprocess import PostProcess
 from samdetr.official import convert_state_dict
 
-VARIANTS = ["base", "smca"]  # the multiscale variants (ms, ms_smca) come with that model
+VARIANTS = ["base", "smca", "ms", "ms_smca"]
 LAYERS = 6
 
 
@@ -51,9 +53,14 @@ def _forward(model, fixture_dir):
 def test_inferred_variant(converted):
     variant, _, config = converted
     m = config.model
-    assert (m.smca, m.input_proj_groupnorm, m.num_classes) == (variant == "smca", False, 91)
+    assert (m.smca, m.multiscale, m.num_classes) == ("smca" in variant, "ms" in variant, 91)
     assert (m.num_queries, m.num_encoder_layers, m.num_decoder_layers) == (30, 1, LAYERS)
     assert (m.num_salient_points, m.dim_feedforward, m.backbone.name) == (8, 256, "resnet50")
+    if m.multiscale:  # C3-C5, 4 points, the encoder's FFN halved, decoder coarse to fine
+        assert (m.num_feature_levels, m.encoder_points, m.encoder_ffn) == (3, 4, 128)
+        assert m.layer_levels == (2, 2, 1, 1, 0, 0)
+    else:
+        assert not m.input_proj_groupnorm and m.encoder_ffn == 256
 
 
 def test_outputs_of_every_layer(converted, official_tiny_v2_dir):
@@ -114,6 +121,9 @@ def test_gradients_in_float32(backward, official_tiny_v2_dir):
     variant, _, _, params = backward
     ref = reference(official_tiny_v2_dir, variant)
     keys = grad_keys(official_tiny_v2_dir)
+    if variant.startswith("ms"):  # the projections of C4 and C3, the level embedding, the
+        # deformable encoder's offsets and attention weights, a layer2 convolution
+        keys = keys + multiscale_grad_keys(official_tiny_v2_dir)
     ours_by_official = dict(zip(keys, convert_state_dict(dict.fromkeys(keys)), strict=True))
     for official_name in keys:
         expected = ref["grads"][official_name]

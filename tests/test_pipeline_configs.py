@@ -88,33 +88,34 @@ def fingerprint(config_name: str, overrides: list[str]) -> str:
 
 # Fingerprints of the configs composed from conf/ (first taken at commit 47a7925, where every
 # default was restated in YAML; since then the new fields model.backbone.last_stage,
-# tracking.parent_run_id, trainer.checkpoint_metric, model.roi_align and
-# model.attention_kernel, the recipe experiment=shapes_small,
+# tracking.parent_run_id, trainer.checkpoint_metric, model.roi_align,
+# model.attention_kernel and the multiscale fields, the recipes experiment=shapes_small and
+# sam_detr_r50_ms*,
 # conf/study.yaml and conf/tune.yaml), with
 # MLFLOW_TRACKING_URI and SAMDETR_STORAGE unset.
 # A deliberate change of a composed config changes its fingerprint: update it here then.
 FINGERPRINTS = {
-    "train": "309797e76540cded",
-    "train experiment=shapes_small": "9ecb5a84a1285323",
-    "train experiment=sam_detr_r50_dc5_e12": "b608c0c8732fa177",
-    "train experiment=sam_detr_r50_dc5_e50": "ade87badf474e2fe",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "afa2624e5ee8b743",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "e9d1686f5afeee4b",
-    "train experiment=sam_detr_r50_e12": "8cb35a99bb39d84f",
-    "train experiment=sam_detr_r50_e50": "45adc648de0405d2",
-    "train experiment=sam_detr_r50_smca_e12": "71b2cf3232a6dc35",
-    "train experiment=sam_detr_r50_smca_e50": "b822d64fb1554a34",
-    "train model=baseline_r50": "07876494d24dda1e",
-    "train model=sam_detr_r50": "370670ff89d0bb5b",
-    "train model=sam_detr_r50_dc5": "afa0e5ffc6c9b807",
-    "train model=sam_detr_r50_dc5_smca": "c14320176aca5d2e",
-    "train model=sam_detr_r50_smca": "c33dd6d002b507d0",
-    "train data=coco128": "736753fa25b2d6e2",
-    "train data=coco2017": "2aba4ce50f80933c",
-    "train trainer=gpu": "69598dde9ee20c76",
-    "train tracking=server": "46e6d611dccc0630",
+    "train": "9bd7856ecdfbd771",
+    "train experiment=shapes_small": "4e902bb9991f5399",
+    "train experiment=sam_detr_r50_dc5_e12": "f8058cbcc810a8ad",
+    "train experiment=sam_detr_r50_dc5_e50": "d8ca9bbe4613ec73",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "02862001f5ca59ce",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "5f2b557007cb48e3",
+    "train experiment=sam_detr_r50_e12": "269a6ef951f27fea",
+    "train experiment=sam_detr_r50_e50": "48204fd6934ec927",
+    "train experiment=sam_detr_r50_smca_e12": "c6ee0527b5147186",
+    "train experiment=sam_detr_r50_smca_e50": "5e65cf00466b10c1",
+    "train model=baseline_r50": "210d4e83992f7b21",
+    "train model=sam_detr_r50": "5143a4376a0627c6",
+    "train model=sam_detr_r50_dc5": "83db6978f272242c",
+    "train model=sam_detr_r50_dc5_smca": "0e876214d3d734a8",
+    "train model=sam_detr_r50_smca": "cd6d2cc6623442a5",
+    "train data=coco128": "f1298a1e2da5d237",
+    "train data=coco2017": "290b57cffbe175ff",
+    "train trainer=gpu": "61447bb7a8090c0d",
+    "train tracking=server": "b580aac939ca394f",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "f62dd3fe01f48e1e",
+        "83975b7e356c6677",
     "preprocess": "e4f3779aab0ea1d9",
     "preprocess data=synthetic split=val": "84dd83cb6188b853",
     "preprocess data=coco2017 split=val": "6980c482e6d367d3",
@@ -122,11 +123,11 @@ FINGERPRINTS = {
     "promote shards=x": "9b342e7ac06f12b3",
     "submit": "26ac1eabb9a52c1d",
     "make_synthetic": "6bf71df80590184c",
-    "study": "b6e8ae7dc3946b97",
-    "tune": "5a4a79aa2759f109",
-    "tune sweep=m_smca_lr": "50fe3e1af459e98d",
+    "study": "79d97b927e25f673",
+    "tune": "fd1a8dca68524ee2",
+    "tune sweep=m_smca_lr": "7a5832a95c05eedc",
     "tune experiment=sam_detr_r50_e12 data=coco2017 trainer=gpu tracking=server":
-        "0e9c48f80c041874",
+        "043e131c724029e6",
 }
 
 

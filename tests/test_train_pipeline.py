@@ -14,7 +14,7 @@ pytest.importorskip("mlflow")
 import ray  # noqa: E402
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
-from train_case import tiny_settings, write_shards  # noqa: E402
+from train_case import TINY_MODEL, tiny_settings, write_shards  # noqa: E402
 
 from pipelines.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
@@ -171,3 +171,27 @@ def test_a_failed_run_is_marked_failed_and_leaves_no_epoch_clock(workspace):
     runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'doomed'")
     assert [r.info.status for r in runs] == ["FAILED"]
     assert not [name for name in ray.util.list_named_actors() if "epoch-clock-doomed" in name]
+
+
+def test_a_multiscale_model_trains_logs_and_serves_through_the_pipeline(workspace):
+    """The multiscale model (three levels, deformable encoder) through the same pipeline:
+    one epoch on one worker, its MLflow model, and that model scoring like the checkpoint."""
+    ws = workspace
+    settings = TrainSettings.from_dict(tiny_settings(
+        ws["train"], ws["val"], str(ws["root"] / "ray"), "multiscale", 1,
+        tracking={"tracking_uri": ws["uri"], "experiment": "tests-multiscale",
+                  "artifact_location": str(ws["root"] / "artifacts-ms")},
+        num_workers=1,
+    ) | {"model": {**TINY_MODEL, "multiscale": True}})
+    model = settings.detector.model
+    assert model.multiscale and model.layer_levels == (2, 1)
+    summary = run_training(settings)
+    client = MlflowClient(ws["uri"])
+    assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
+    assert _steps(client, summary["mlflow_run_id"], "AP") == [0]
+    checkpoint = run_evaluate(EvaluateConfig(shards=ws["val"],
+                                             checkpoint=summary["best_checkpoint"]))
+    served = run_evaluate(EvaluateConfig(shards=ws["val"], model_uri=summary["model_uri"],
+                                         tracking_uri=ws["uri"], record=False))
+    for key in ("AP", "AP50", "AR100"):
+        assert served["metrics"][key] == pytest.approx(checkpoint["metrics"][key], abs=1e-6)

@@ -1,4 +1,5 @@
-"""ResNet backbone (frozen BatchNorm by default), returning the last feature map and its mask."""
+"""ResNet backbone (frozen BatchNorm by default), returning its last feature map and mask, or
+the maps of its last few stages (the multiscale model)."""
 
 from __future__ import annotations
 
@@ -27,14 +28,16 @@ class Backbone(nn.Module):
     """Wraps a torchvision ResNet trunk.
 
     Args:
-        body: module mapping images (B, 3, H, W) to ``{"0": features (B, C, h, w)}``.
-        num_channels: C, the channel count of the returned feature map.
+        body: module mapping images (B, 3, H, W) to ``{"0": features (B, C_0, h_0, w_0), ...}``,
+            one entry per returned stage, finest first.
+        level_channels: C_l of each returned stage, finest first.
     """
 
-    def __init__(self, body: nn.Module, num_channels: int):
+    def __init__(self, body: nn.Module, level_channels: tuple[int, ...]):
         super().__init__()
         self.body = body
-        self.num_channels = num_channels
+        self.level_channels = tuple(level_channels)
+        self.num_channels = self.level_channels[-1]
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """
@@ -42,12 +45,19 @@ class Backbone(nn.Module):
             images: (B, 3, H, W) normalised pixels, zero-padded bottom/right.
             mask: (B, H, W) bool, True on padded pixels.
         Returns:
-            features (B, C, h, w) and mask (B, h, w), True on padded feature cells.
+            features (B, C, h, w) of the last stage and mask (B, h, w), True on padded cells.
         """
-        features = self.body(images)["0"]
-        # Nearest-neighbour downsampling of the mask, as the official code does.
-        small = F.interpolate(mask[None].float(), size=features.shape[-2:])[0].to(torch.bool)
-        return features, small
+        return self.forward_levels(images, mask)[-1]
+
+    def forward_levels(self, images: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """(features (B, C_l, h_l, w_l), mask (B, h_l, w_l)) of every returned stage, finest
+        first."""
+        levels = []
+        for features in self.body(images).values():
+            # Nearest-neighbour downsampling of the mask, as the official code does.
+            small = F.interpolate(mask[None].float(), size=features.shape[-2:])[0]
+            levels.append((features, small.to(torch.bool)))
+        return levels
 
 
 def build_resnet(
@@ -57,6 +67,7 @@ def build_resnet(
     norm: str = "frozen_bn",
     trainable_layers: int = 3,
     last_stage: int = 4,
+    num_levels: int = 1,
 ) -> Backbone:
     """A randomly initialised ResNet trunk.
 
@@ -64,7 +75,8 @@ def build_resnet(
     ``train_backbone``, the top ``trainable_layers`` stages train (3: layer2-4, the official
     choice; 5: every stage and the stem); the rest is frozen. ``last_stage`` (2-4) is the stage
     whose output the detector sees: 4 (official) has stride 32 (16 with ``dilation``), 3 stride 16,
-    2 stride 8; the stages after it are dropped. No weights are loaded here (see
+    2 stride 8; the stages after it are dropped. ``num_levels`` stages ending at ``last_stage``
+    are returned (3: layer2-4, the multiscale model's C3-C5). No weights are loaded here (see
     :func:`load_backbone_weights`), so building never touches the disk or the network.
     """
     if not hasattr(torchvision.models, name) or not name.startswith("resnet"):
@@ -75,6 +87,9 @@ def build_resnet(
         raise ValueError(f"trainable_layers must be in 0..{len(_STAGES)}, got {trainable_layers}")
     if last_stage not in (2, 3, 4):
         raise ValueError(f"last_stage must be 2, 3 or 4, got {last_stage}")
+    if not 1 <= num_levels <= last_stage - 1:
+        raise ValueError(f"num_levels={num_levels} needs stages from layer2 up to "
+                         f"layer{last_stage}: at most {last_stage - 1}")
     if dilation and last_stage != 4:
         raise ValueError("dilation (DC5) dilates layer4, so it needs last_stage=4")
     # BasicBlock ResNets (18/34) cannot dilate; the config validates this earlier.
@@ -94,11 +109,14 @@ def build_resnet(
                 setattr(resnet, name, _frozen(child))
             else:
                 _freeze_batch_norms(child)
+    returned = range(last_stage - num_levels + 1, last_stage + 1)
     # Each stage doubles the channels, so stage k has fc.in_features / 2**(4 - k) of them.
-    num_channels = resnet.fc.in_features // 2 ** (4 - last_stage)
-    # IntermediateLayerGetter keeps the children up to the returned stage and drops the rest.
-    body = IntermediateLayerGetter(resnet, return_layers={f"layer{last_stage}": "0"})
-    return Backbone(body, num_channels)
+    channels = tuple(resnet.fc.in_features // 2 ** (4 - k) for k in returned)
+    # IntermediateLayerGetter keeps the children up to the last returned stage and drops the
+    # rest; it returns the stages in order, finest first.
+    body = IntermediateLayerGetter(
+        resnet, return_layers={f"layer{k}": str(i) for i, k in enumerate(returned)})
+    return Backbone(body, channels)
 
 
 def _frozen(norm: nn.BatchNorm2d) -> FrozenBatchNorm2d:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -176,34 +178,34 @@ class TransformerDecoder(nn.Module):
 
     def forward(
         self,
-        memory: Tensor,
-        memory_pos: Tensor,
-        key_padding_mask: Tensor,
-        spatial_shape: tuple[int, int],
+        levels: Sequence[LevelMemory],
         ref_table: Tensor,
+        layer_levels: Sequence[int] | None = None,
     ) -> tuple[Tensor, Tensor, list[Tensor | None]]:
         """
         Args:
-            memory, memory_pos: (B, S, D) encoder output and image position encoding.
-            key_padding_mask: (B, S) bool, True on padding; spatial_shape: (H, W), S = H * W.
+            levels: the encoder's output per feature level (one for the single-scale model).
             ref_table: (Q, 4) reference boxes before sigmoid.
+            layer_levels: the index into ``levels`` each layer reads (None: all the first);
+                its RoIAlign, valid ratio, keys, padding mask and SMCA grid are that level's.
         Returns:
             hidden states (L, B, Q, D), boxes (L, B, Q, 4) normalised cxcywh, and per layer
             the salient points (B, Q, M, 2) or None for the baseline.
         """
-        b, _, d = memory.shape
-        height, width = spatial_shape
-        memory_2d = memory.transpose(1, 2).reshape(b, d, height, width)
-        valid = ~key_padding_mask.view(b, height, width)
-        valid_ratio = torch.stack(
-            [valid[:, 0, :].sum(1).float() / width, valid[:, :, 0].sum(1).float() / height], dim=-1
-        )
-        tgt = memory.new_zeros(b, ref_table.shape[0], d)
+        layer_levels = list(layer_levels) if layer_levels is not None else [0] * len(self.layers)
+        if len(layer_levels) != len(self.layers) or not all(
+                0 <= i < len(levels) for i in layer_levels):
+            raise ValueError(f"layer_levels {layer_levels} must name one of the {len(levels)} "
+                             f"levels for each of the {len(self.layers)} layers")
+        maps = [_as_map(level) for level in levels]
+        b, _, d = levels[0].memory.shape
+        tgt = levels[0].memory.new_zeros(b, ref_table.shape[0], d)
         ref = ref_table.sigmoid()[None].expand(b, -1, -1)
         hidden, boxes, points = [], [], []
-        for layer, box_head in zip(self.layers, self.box_heads, strict=True):
+        for layer, box_head, index in zip(self.layers, self.box_heads, layer_levels, strict=True):
+            level, (memory_2d, valid_ratio) = levels[index], maps[index]
             tgt, layer_points = layer(
-                tgt, memory, memory_2d, memory_pos, key_padding_mask, ref, valid_ratio
+                tgt, level.memory, memory_2d, level.pos, level.mask, ref, valid_ratio
             )
             box = (inverse_sigmoid(ref) + box_head(tgt)).sigmoid()
             hidden.append(tgt)
@@ -211,3 +213,28 @@ class TransformerDecoder(nn.Module):
             points.append(layer_points)
             ref = box.detach()
         return torch.stack(hidden), torch.stack(boxes), points
+
+
+@dataclass(frozen=True)
+class LevelMemory:
+    """One feature level as the decoder reads it: ``memory`` and ``pos`` (B, S, D) (the
+    position the cross-attention keys add), ``mask`` (B, S) bool, True on padding, and
+    ``shape`` (H, W) with S = H * W, row-major."""
+
+    memory: Tensor
+    pos: Tensor
+    mask: Tensor
+    shape: tuple[int, int]
+
+
+def _as_map(level: LevelMemory) -> tuple[Tensor, Tensor]:
+    """The level's memory as a (B, D, H, W) map and its valid ratio (B, 2): the unpadded
+    fraction (w, h)."""
+    b, _, d = level.memory.shape
+    height, width = level.shape
+    memory_2d = level.memory.transpose(1, 2).reshape(b, d, height, width)
+    valid = ~level.mask.view(b, height, width)
+    valid_ratio = torch.stack(
+        [valid[:, 0, :].sum(1).float() / width, valid[:, :, 0].sum(1).float() / height], dim=-1
+    )
+    return memory_2d, valid_ratio

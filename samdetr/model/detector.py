@@ -28,6 +28,9 @@ class SAMDETR(nn.Module):
         aux_loss: also return the predictions of the earlier decoder layers.
         attention_kernel: "math" runs the encoder's and decoder's attention on PyTorch's plain
             SDPA kernel only; "auto" lets PyTorch choose (its fused kernels included).
+        multiscale: the backbone returns several levels, ``input_proj`` is a ModuleList with
+            one projection per level, and ``transformer`` a
+            :class:`samdetr.model.multiscale_transformer.MultiScaleTransformer`.
     """
 
     def __init__(
@@ -40,8 +43,10 @@ class SAMDETR(nn.Module):
         num_queries: int,
         aux_loss: bool = True,
         attention_kernel: str = "math",
+        multiscale: bool = False,
     ):
         super().__init__()
+        self.multiscale = multiscale
         if attention_kernel not in ("math", "auto"):
             raise ValueError(f"attention_kernel must be math or auto, got {attention_kernel!r}")
         self.attention_kernel = attention_kernel
@@ -62,6 +67,20 @@ class SAMDETR(nn.Module):
         for head in self.transformer.decoder.box_heads:
             nn.init.zeros_(head.layers[-1].weight)
             nn.init.zeros_(head.layers[-1].bias)
+
+    def _transformer(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, list]:
+        """Backbone, input projection(s), position encoding(s) and the transformer."""
+        if not self.multiscale:
+            features, feature_mask = self.backbone(images, mask)
+            pos = self.position_encoding(feature_mask).to(features.dtype)
+            return self.transformer(self.input_proj(features), feature_mask, pos,
+                                    self.reference_boxes.weight)
+        levels = self.backbone.forward_levels(images, mask)
+        srcs = [proj(features) for proj, (features, _) in zip(self.input_proj, levels,
+                                                               strict=True)]
+        masks = [level_mask for _, level_mask in levels]
+        pos = [self.position_encoding(m).to(src.dtype) for m, src in zip(masks, srcs, strict=True)]
+        return self.transformer(srcs, masks, pos, self.reference_boxes.weight)
 
     def forward(self, images: Tensor | list[Tensor], mask: Tensor | None = None) -> dict:
         """
@@ -90,17 +109,12 @@ class SAMDETR(nn.Module):
                 f"mask must be bool (B, H, W) = {(images.shape[0], *images.shape[-2:])}, "
                 f"got {mask.dtype} {tuple(mask.shape)}"
             )
-        features, feature_mask = self.backbone(images, mask)
-        pos = self.position_encoding(feature_mask).to(features.dtype)
-        src = self.input_proj(features)
         # "math": the plain SDPA kernel, on every device; the fused kernels' backward gave NaN
         # gradients in training here (docs/performance.md, "Attention kernel").
         kernel = (sdpa_kernel([SDPBackend.MATH]) if self.attention_kernel == "math"
                   else contextlib.nullcontext())
         with kernel:
-            hidden, boxes, points = self.transformer(
-                src, feature_mask, pos, self.reference_boxes.weight
-            )
+            hidden, boxes, points = self._transformer(images, mask)
         logits = torch.stack([head(h) for head, h in zip(self.class_heads, hidden, strict=True)])
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from samdetr.model.decoder import TransformerDecoder
+from samdetr.model.decoder import LevelMemory, TransformerDecoder
 from samdetr.model.encoder import TransformerEncoder
 
 
@@ -49,4 +49,5 @@ class Transformer(nn.Module):
         pos = pos.flatten(2).transpose(1, 2).to(src.dtype)
         key_padding_mask = mask.flatten(1)
         memory = self.encoder(src, pos, key_padding_mask)
-        return self.decoder(memory, pos, key_padding_mask, (height, width), ref_table)
+        level = LevelMemory(memory, pos, key_padding_mask, (height, width))
+        return self.decoder([level], ref_table)
