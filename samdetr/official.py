@@ -4,7 +4,8 @@ An official checkpoint is a ``torch.save`` dict with ``model`` (the state dict),
 argparse Namespace) and training state. It is read with ``weights_only=True`` after
 allow-listing ``argparse.Namespace`` only, so no arbitrary object is ever unpickled. The
 variant is inferred from the tensors (SMCA from the point-head width, GroupNorm from the keys
-present, K from the class head); the few facts the tensors cannot tell (DC5 dilation, dropout)
+present, K from the class head, the multiscale model from its level embedding, its levels and
+sampling points from their shapes); the few facts the tensors cannot tell (DC5 dilation, dropout)
 come from ``args`` when present, else from ``overrides``.
 """
 
