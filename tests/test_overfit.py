@@ -26,7 +26,7 @@ def test_overfits_one_batch(decoder, smca):
     ]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     history = []
-    for _ in range(40):
+    for _ in range(60):
         losses = criterion(model(images), targets, num_boxes=3.0)
         total = criterion.weighted_total(losses)
         optimizer.zero_grad()
@@ -34,5 +34,7 @@ def test_overfits_one_batch(decoder, smca):
         optimizer.step()
         history.append(total.item())
     assert all(torch.isfinite(torch.tensor(history)))
-    # Measured: 11.6 -> 6.2 for the SAM decoder; a broken gradient path stalls far above this.
+    # Measured (the official init: heads cloned into every layer), the mean of the last 5 steps
+    # over the first 5: 0.53 (SAM), 0.63 (SMCA), 0.55 (baseline); a broken gradient path stalls
+    # far above 0.7.
     assert sum(history[-5:]) / 5 < 0.7 * sum(history[:5]) / 5, history
