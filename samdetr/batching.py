@@ -40,3 +40,18 @@ def pad_images(images: Sequence[Tensor], size_divisibility: int = 1) -> tuple[Te
         slot[:, : img.shape[1], : img.shape[2]].copy_(img)
         valid[: img.shape[1], : img.shape[2]] = False
     return batch, mask
+
+
+def valid_ratio(mask: Tensor) -> Tensor:
+    """The unpadded fraction (w, h) of each image of a padding mask.
+
+    Args:
+        mask: (B, H, W) bool, True on padding (images padded at the right and bottom, as
+            :func:`pad_images` does; a feature map's mask downsampled from it).
+    Returns:
+        (B, 2) float32.
+    """
+    valid = ~mask
+    width = valid[:, 0, :].sum(1).float() / mask.shape[2]
+    height = valid[:, :, 0].sum(1).float() / mask.shape[1]
+    return torch.stack([width, height], dim=-1)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samdetr.batching import valid_ratio
 from samdetr.model.attention import (
     ConditionalCrossAttention,
     ConditionalSelfAttention,
@@ -233,8 +234,4 @@ def _as_map(level: LevelMemory) -> tuple[Tensor, Tensor]:
     b, _, d = level.memory.shape
     height, width = level.shape
     memory_2d = level.memory.transpose(1, 2).reshape(b, d, height, width)
-    valid = ~level.mask.view(b, height, width)
-    valid_ratio = torch.stack(
-        [valid[:, 0, :].sum(1).float() / width, valid[:, :, 0].sum(1).float() / height], dim=-1
-    )
-    return memory_2d, valid_ratio
+    return memory_2d, valid_ratio(level.mask.view(b, height, width))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samdetr.batching import valid_ratio
 from samdetr.model.deformable_attention import MultiScaleDeformableAttention
 
 
@@ -85,10 +86,4 @@ def reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios: Tensor
 def valid_ratios_of(masks: list[Tensor]) -> Tensor:
     """(B, L, 2) unpadded fraction (w, h) of each level's (B, H_l, W_l) padding mask (True on
     padding; images are padded at the right and bottom)."""
-    ratios = []
-    for mask in masks:
-        valid = ~mask
-        width = valid[:, 0, :].sum(1).to(torch.float32) / mask.shape[2]
-        height = valid[:, :, 0].sum(1).to(torch.float32) / mask.shape[1]
-        ratios.append(torch.stack([width, height], dim=-1))
-    return torch.stack(ratios, dim=1)
+    return torch.stack([valid_ratio(mask) for mask in masks], dim=1)
