@@ -15,26 +15,11 @@ import json
 import time
 
 import torch
+from timing import median_seconds  # bench/: on sys.path when run as a script
 
 from samdetr.model.deformable_attention import sample_levels, sample_levels_stacked
 
 B, M, E, P = 2, 8, 32, 4
-
-
-def _median(fn, repeats: int, device: torch.device) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def measure(height: int, width: int, repeats: int, device: torch.device) -> dict:
@@ -58,8 +43,8 @@ def measure(height: int, width: int, repeats: int, device: torch.device) -> dict
             torch.autograd.grad(sample(value, shapes, locations, weights),
                                 (value, locations, weights), upstream)
 
-        out[name] = {"forward_ms": round(1000 * _median(forward, repeats, device), 1),
-                     "forward_backward_ms": round(1000 * _median(both, repeats, device), 1)}
+        out[name] = {"forward_ms": round(1000 * median_seconds(forward, repeats, device), 1),
+                     "forward_backward_ms": round(1000 * median_seconds(both, repeats, device), 1)}
     return out
 
 

@@ -257,6 +257,7 @@ def compare_devices(bench: Bench) -> dict[str, Any]:
     warm-up batch)."""
     import numpy as np
     import torch
+    from gpu_fixture import tf32  # bench/: on sys.path when run as a script
 
     from samdetr.checkpoint import load_checkpoint
     from samdetr.engine.evaluation import eval_loader
@@ -270,7 +271,7 @@ def compare_devices(bench: Bench) -> dict[str, Any]:
                                **dict(extra.get("eval_transform") or {})))
     cuda = torch.device("cuda")
     out: dict[str, Any] = {}
-    with _tf32(False):
+    with tf32(False):
         on_gpu = predict(model.to(cuda), batches, cuda)
         on_cpu = predict(model.to("cpu"), batches, torch.device("cpu"))
     score_diff = max(float(np.abs(np.sort(g["scores"]) - np.sort(c["scores"])).max())
@@ -291,18 +292,6 @@ def compare_devices(bench: Bench) -> dict[str, Any]:
         rate = sum(b[0].shape[0] for b in batches) / (time.perf_counter() - start)
         out[f"inference_images_per_s_{'bf16' if dtype else 'fp32'}"] = round(rate, 1)
     return out
-
-
-@contextlib.contextmanager
-def _tf32(enabled: bool):
-    import torch
-
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @contextlib.contextmanager

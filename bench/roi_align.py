@@ -14,27 +14,12 @@ import json
 import time
 
 import torch
+from timing import median_seconds  # bench/: on sys.path when run as a script
 from torchvision.ops import roi_align
 
 from samdetr.model.roi_align import roi_align_boxes
 
 MAPS = {"512px": (16, 16), "800x1066": (25, 34)}
-
-
-def _median(fn, repeats: int, device: torch.device) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def measure(height: int, width: int, repeats: int, device: torch.device) -> dict:
@@ -61,8 +46,8 @@ def measure(height: int, width: int, repeats: int, device: torch.device) -> dict
         def both(kernel=kernel, upstream=upstream):
             torch.autograd.grad(kernel(), features, upstream)
 
-        out[name] = {"forward_ms": round(1000 * _median(forward, repeats, device), 1),
-                     "forward_backward_ms": round(1000 * _median(both, repeats, device), 1)}
+        out[name] = {"forward_ms": round(1000 * median_seconds(forward, repeats, device), 1),
+                     "forward_backward_ms": round(1000 * median_seconds(both, repeats, device), 1)}
     return out
 
 
