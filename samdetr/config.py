@@ -154,8 +154,9 @@ class ModelConfig:
     # it is faster; torchvision's for inference and on CUDA).
     roi_align: str = "auto"
     # Encoder and decoder attention kernel (torch's scaled_dot_product_attention): "math" (the
-    # plain kernel, on every device: the fused kernels' backward gave NaN gradients in training
-    # here, docs/performance.md "Attention kernel"), "auto" (torch picks, fused ones included).
+    # plain kernel, on every device: exact at any logit, where the fused kernels' backward gives
+    # wrong, then NaN gradients above logits of ~1e6; docs/performance.md "Attention kernel"),
+    # "auto" (torch picks, fused ones included: faster, safe while the logits stay small).
     attention_kernel: str = "math"
     # Multiscale (the official --multiscale): the last num_feature_levels backbone stages
     # (C3-C5), each with its own input projection + GroupNorm(32, D) and a level embedding, a

@@ -283,3 +283,40 @@ def test_attention_kernel_auto_leaves_the_choice_to_torch():
     assert_close(auto["pred_logits"], math["pred_logits"], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="attention_kernel must be one of"):
         tiny_config(attention_kernel="flash")
+
+
+def test_math_kernel_keeps_gradients_finite_where_the_encoder_logits_are_huge():
+    """The default kernel's backward stays finite with encoder logits ~1e9 (a backbone whose
+    features grew unnormalised), the regime where the fused kernels' backward, which recomputes
+    the softmax from the saved log-sum-exp, returns non-finite gradients (docs/performance.md,
+    "Attention kernel"; bench/attention_kernels.py --sweep). With attention_kernel=auto this
+    same step gives non-finite gradients on the CPU (torch 2.14.1): the 320 keys of these
+    images span several of the flash kernel's blocks."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    assert config.model.attention_kernel == "math"
+    model = build_model(config).train()
+    with torch.no_grad():
+        for p in model.input_proj.parameters():
+            p.mul_(1e5)  # q and k scale with it: logits by about 1e10
+    largest = []
+
+    def record(module, args, kwargs, output):
+        d = module.embed_dim
+        q = torch.nn.functional.linear(args[0], module.in_proj_weight[:d], module.in_proj_bias[:d])
+        k = torch.nn.functional.linear(args[1], module.in_proj_weight[d:2 * d],
+                                       module.in_proj_bias[d:2 * d])
+        per_head = d // module.num_heads
+        logits = torch.einsum("bqhe,bkhe->bhqk", q.unflatten(-1, (module.num_heads, -1)),
+                              k.unflatten(-1, (module.num_heads, -1))) / per_head ** 0.5
+        largest.append(float(logits.detach().abs().max()))
+
+    model.transformer.encoder.layers[0].self_attn.register_forward_hook(record, with_kwargs=True)
+    images, mask = pad_images([torch.randn(3, 512, 640), torch.randn(3, 384, 512)])
+    outputs = model(images, mask)
+    criterion = build_criterion(config)
+    criterion.weighted_total(criterion(outputs, TARGETS, num_boxes=3.0)).backward()
+    assert largest[0] > 1e8
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert "transformer.encoder.layers.0.self_attn.in_proj_weight" in grads
+    assert all(torch.isfinite(g).all() for g in grads.values())

@@ -109,8 +109,9 @@ class SAMDETR(nn.Module):
                 f"mask must be bool (B, H, W) = {(images.shape[0], *images.shape[-2:])}, "
                 f"got {mask.dtype} {tuple(mask.shape)}"
             )
-        # "math": the plain SDPA kernel, on every device; the fused kernels' backward gave NaN
-        # gradients in training here (docs/performance.md, "Attention kernel").
+        # "math": the plain SDPA kernel, on every device; the fused kernels recompute the softmax
+        # in their backward, which goes wrong at large logits (docs/performance.md, "Attention
+        # kernel").
         kernel = (sdpa_kernel([SDPBackend.MATH]) if self.attention_kernel == "math"
                   else contextlib.nullcontext())
         with kernel:
