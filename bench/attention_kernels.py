@@ -54,11 +54,21 @@ def _mask(kind: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.zeros(B, S, dtype=dtype, device=device).masked_fill(pad, fill)[:, None, None, :]
 
 
-def _fused(device: torch.device) -> list[SDPBackend]:
+def fused_backends(device: torch.device) -> list[SDPBackend]:
+    """The fused SDPA kernels of the device (also bench/attention_nan.py's)."""
     fused = [SDPBackend.FLASH_ATTENTION]
     if device.type == "cuda":
         fused += [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
     return fused
+
+
+def _attempt(case: dict, backend: SDPBackend, *args) -> list[torch.Tensor] | None:
+    """``_run(backend, *args)``, or None after recording the kernel's error in ``case``."""
+    try:
+        return _run(backend, *args)
+    except RuntimeError as err:
+        case[backend.name] = {"error": str(err).splitlines()[0][:120]}
+        return None
 
 
 def _draw(generator, device, dtype, *shape):
@@ -79,11 +89,9 @@ def mask_cases(device: torch.device) -> None:
         case = {"dtype": str(dtype).split(".")[-1], "query_scale": scale,
                 "keys": "expanded" if expand else "per head", "mask": kind,
                 "math_nonfinite": [not torch.isfinite(t).all().item() for t in reference]}
-        for backend in _fused(device):
-            try:
-                result = _run(backend, q, k, v, mask, grad, expand)
-            except RuntimeError as err:
-                case[backend.name] = {"error": str(err).splitlines()[0][:120]}
+        for backend in fused_backends(device):
+            result = _attempt(case, backend, q, k, v, mask, grad, expand)
+            if result is None:
                 continue
             case[backend.name] = {
                 "nonfinite": [not torch.isfinite(t).all().item() for t in result],
@@ -111,11 +119,9 @@ def logit_sweep(device: torch.device) -> None:
                          grad.double(), False)
         case = {"dtype": str(dtype).split(".")[-1], "query_std": scale,
                 "max_abs_logit": float(logits.abs().max())}
-        for backend in [SDPBackend.MATH, *_fused(device)]:
-            try:
-                result = _run(backend, q, k, v, None, grad, False)
-            except RuntimeError as err:
-                case[backend.name] = {"error": str(err).splitlines()[0][:120]}
+        for backend in [SDPBackend.MATH, *fused_backends(device)]:
+            result = _attempt(case, backend, q, k, v, None, grad, False)
+            if result is None:
                 continue
             case[backend.name] = {
                 "relative_error": dict(zip(

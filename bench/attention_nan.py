@@ -34,18 +34,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from gpu_check import DEMO_OPTIM, SMALL, TRAIN_TF, make_shards  # bench/: on sys.path
+from attention_kernels import fused_backends  # bench/: on sys.path
+from gpu_check import DEMO_OPTIM, SMALL, make_shards, small_setup
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from samdetr.builder import build_criterion, build_model
-from samdetr.config import DetectorConfig
-from samdetr.data.loader import RowDecoder, build_loader, set_epoch
-from samdetr.data.samplers import EpochSampler
-from samdetr.data.shards import ShardDataset, read_manifest
-from samdetr.data.transforms import train_transforms
+from samdetr.data.loader import set_epoch
 from samdetr.engine.loop import autocast_context
-from samdetr.engine.optim import OptimConfig, build_optimizer
 from samdetr.engine.reproducibility import seed_everything
 from samdetr.model.criterion import num_boxes_for
 
@@ -94,11 +89,8 @@ def _max_logit(module: nn.MultiheadAttention, query, key, padding) -> float:
 def replay(module: nn.MultiheadAttention, record: dict, device: torch.device, amp) -> dict:
     """One forward + backward of ``module`` on the recorded inputs per SDPA kernel: the count of
     non-finite values in the output and in the input gradients."""
-    backends = [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION]
-    if device.type == "cuda":
-        backends += [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
     result = {}
-    for backend in backends:
+    for backend in [SDPBackend.MATH, *fused_backends(device)]:
         query, key, value = (record[n].clone().requires_grad_(True)
                              for n in ("query", "key", "value"))
         try:
@@ -116,19 +108,14 @@ def replay(module: nn.MultiheadAttention, record: dict, device: torch.device, am
 
 
 def setup(args, device):
-    shards = args.shards if (args.shards / "train").is_dir() else make_shards(args.shards)
-    classes = read_manifest(str(shards / "train"))["num_classes"]
+    """gpu_check.py's small setup with this script's backbone, kernel and lr."""
+    if not (args.shards / "train").is_dir():
+        make_shards(args.shards)
     backbone = {**SMALL["backbone"], "norm": args.norm, "trainable_layers": args.trainable_layers,
                 "last_stage": args.last_stage}
-    config = DetectorConfig.from_dict({"model": {
-        **SMALL, "backbone": backbone, "num_classes": classes, "attention_kernel": args.kernel}})
-    model = build_model(config).to(device)
-    decoder = RowDecoder(train_transforms(**TRAIN_TF))
-    dataset = ShardDataset(str(shards / "train"), transform=decoder)
-    loader = build_loader(dataset, decoder, args.batch, EpochSampler(len(dataset)))
-    optimizer = build_optimizer(model, OptimConfig.from_dict(
-        {**DEMO_OPTIM, "lr": args.lr, "lr_backbone": args.lr}))
-    return model, build_criterion(config).to(device), optimizer, loader
+    return small_setup(args, {"batch": args.batch, "workers": 0}, device,
+                       model_overrides={"backbone": backbone, "attention_kernel": args.kernel},
+                       optim_overrides={"lr": args.lr, "lr_backbone": args.lr})
 
 
 def batches(loader):

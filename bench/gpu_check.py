@@ -95,16 +95,20 @@ def peak_gib(device: torch.device) -> float | None:
 
 
 # ----------------------------------------------------------------------------- training
-def small_setup(args, cfg, device):
-    """(model, criterion, optimizer, train loader): the demo's small model on the shards."""
+def small_setup(args, cfg, device, model_overrides=None, optim_overrides=None):
+    """(model, criterion, optimizer, train loader): the demo's small model on the shards;
+    ``model_overrides`` / ``optim_overrides`` replace top-level fields of SMALL / DEMO_OPTIM
+    (bench/attention_nan.py)."""
     classes = read_manifest(str(args.shards / "train"))["num_classes"]
-    config = DetectorConfig.from_dict({"model": {**SMALL, "num_classes": classes}})
+    config = DetectorConfig.from_dict(
+        {"model": {**SMALL, "num_classes": classes, **(model_overrides or {})}})
     model = build_model(config).to(device)
     decoder = RowDecoder(train_transforms(**TRAIN_TF))
     dataset = ShardDataset(str(args.shards / "train"), transform=decoder)
     loader = build_loader(dataset, decoder, cfg["batch"], EpochSampler(len(dataset)),
                           num_workers=cfg["workers"])
-    optimizer = build_optimizer(model, OptimConfig.from_dict(DEMO_OPTIM))
+    optimizer = build_optimizer(
+        model, OptimConfig.from_dict({**DEMO_OPTIM, **(optim_overrides or {})}))
     return model, build_criterion(config).to(device), optimizer, loader
 
 
