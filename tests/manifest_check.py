@@ -10,11 +10,21 @@ server without a word, which is what these checks are for.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client as k8s
 
+
 # field -> type ("str", "int", "bool", "float", "map" of strings, "any", or a table name)
+def load_one(path: Path) -> dict:
+    """The one YAML document of ``path`` (one document, so that YAML anchors reach every use)."""
+    documents = list(yaml.safe_load_all(path.read_text()))
+    assert len(documents) == 1, f"{path}: one document, so that YAML anchors reach every use"
+    return documents[0]
+
+
 RAYJOB_SPEC = {
     "activeDeadlineSeconds": "int", "backoffLimit": "int", "rayClusterSpec": "RayClusterSpec",
     "submitterPodTemplate": "V1PodTemplateSpec", "metadata": "map", "clusterSelector": "map",
