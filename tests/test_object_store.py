@@ -11,6 +11,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("moto.server")
 pytest.importorskip("ray")
@@ -227,6 +229,23 @@ def test_bucket_check_outcomes():
     storage._check_bucket(_FakeStore(denied), "b/x", "fake://b/x")
     with pytest.raises(OSError, match="cannot reach the fake store for 'fake://b/x': boom"):
         storage._check_bucket(_FakeStore(OSError("boom")), "b/x", "fake://b/x")
+    unknown_403 = OSError("AWS Error UNKNOWN (HTTP status 403) during HeadBucket operation")
+    storage._check_bucket(_FakeStore(unknown_403), "b/x", "fake://b/x")
+
+
+# pyarrow's message when nothing answers names the endpoint's port, which may hold any digits.
+_REFUSED = ("When getting information for bucket 'b': AWS Error NETWORK_CONNECTION during "
+            "HeadBucket operation: curlCode: 7, Could not connect to server; Details: Failed to "
+            "connect to 127.0.0.1 port {port} after 0 ms: Could not connect to server")
+
+
+@given(port=st.integers(1024, 65535) | st.sampled_from([403, 4030, 14030, 40312, 54033]))
+def test_an_unreachable_store_is_never_taken_for_a_denied_one(port):
+    """A refused connection is "cannot reach", whatever the port: 40312 holds "403", which is
+    not an access denial (else the first object request fails with pyarrow's bare message)."""
+    store = _FakeStore(OSError(_REFUSED.format(port=port)))
+    with pytest.raises(OSError, match="cannot reach the fake store"):
+        storage._check_bucket(store, "b/x", "fake://b/x")
 
 
 def test_bucket_check_is_not_s3_specific():

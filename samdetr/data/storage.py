@@ -22,8 +22,21 @@ import pyarrow.fs as pafs
 __all__ = ["absolute", "file_sizes", "is_local", "is_uri", "list_files", "read_file", "resolve_fs"]
 
 # Signs of a refused bucket-level request (S3 HeadBucket needs s3:ListBucket, GCS bucket
-# metadata needs storage.buckets.get): object-level rights may still suffice, so go on.
-_DENIED_MARKS = ("ACCESS_DENIED", "AccessDenied", "PERMISSION_DENIED", "Forbidden", "403")
+# metadata needs storage.buckets.get): object-level rights may still suffice, so go on. Error
+# names and an HTTP status only: the message also holds the endpoint, whose port may contain
+# any digits (a server on port 40312 is not a "403").
+_DENIED = re.compile(
+    r"ACCESS_DENIED|AccessDenied|PERMISSION_DENIED|Forbidden|"
+    r"(?:HTTP (?:status|response)(?: code)?|status code):?\s*403\b",
+    re.IGNORECASE,
+)
+# Signs that no answer came at all (connection refused, DNS, timeout): never a verdict on
+# rights, whatever else the message holds.
+_UNREACHABLE = re.compile(
+    r"NETWORK_CONNECTION|curlCode|Could not connect|Couldn't connect|Connection refused|"
+    r"UNAVAILABLE|DEADLINE_EXCEEDED|Could not resolve|timed out",
+    re.IGNORECASE,
+)
 
 
 def is_local(fs: pafs.FileSystem) -> bool:
@@ -95,7 +108,8 @@ def _check_bucket(fs: pafs.FileSystem, path: str, uri: str) -> None:
         info = fs.get_file_info(bucket)
     except OSError as exc:
         text = str(exc)
-        if isinstance(exc, PermissionError) or any(m in text for m in _DENIED_MARKS):
+        denied = isinstance(exc, PermissionError) or _DENIED.search(text)
+        if denied and not _UNREACHABLE.search(text):
             return  # no bucket-level rights; the object requests themselves will tell
         raise OSError(
             f"cannot reach the {fs.type_name} store for {uri!r}: {text}. Check that the server "
