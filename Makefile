@@ -1,9 +1,11 @@
-# Every target builds what it needs from nothing; the venv is reinstalled only when
-# pyproject.toml changes (tracked by a stamp file).
+# Every target builds what it needs from nothing. The venv installs exactly the versions of
+# the lock, infra/constraints.txt (what CI and the container image install too), and is
+# reinstalled only when pyproject.toml or the lock changes (tracked by a stamp file).
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
+LOCK := infra/constraints.txt
 
 .PHONY: all venv .venv test lint demo bench constraints clean distclean
 
@@ -11,9 +13,9 @@ all: test
 
 venv .venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -e '.[pipelines,dev]'
+	$(VPY) -m pip install --constraint $(LOCK) -e '.[pipelines,dev]'
 	touch $@
 
 test: $(STAMP)
@@ -31,12 +33,21 @@ bench: $(STAMP)
 	$(VPY) bench/loader.py
 	$(VPY) bench/train_scaling.py
 
-# The versions the container image installs (infra/docker/Dockerfile): this venv's, without
-# local version labels such as +cpu (PyPI has none) and without this project itself.
-constraints: $(STAMP)
-	{ echo "# pip constraints for infra/docker/Dockerfile: make constraints (from .venv)"; \
-	  $(VPY) -m pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//'; } \
-	  > infra/constraints.txt
+# A new lock, on purpose: the newest versions inside pyproject.toml's ranges, resolved in a
+# venv of their own (not this one, which the old lock built), without local version labels such
+# as +cpu (PyPI has none), without this project itself and pip, with setuptools (torch needs it). The next target that needs .venv
+# reinstalls it from the new lock; then run make test.
+LOCK_VENV := .venv-lock
+constraints:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[pipelines,dev]'
+	{ echo "# The lock: pip constraints for make, CI and infra/docker/Dockerfile. Refresh with make constraints."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' \
+	    | sed -E 's/\+[A-Za-z0-9.]+$$//'; } \
+	  > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 # clean keeps the venv (slow to rebuild); distclean removes it too.
 clean:
@@ -44,4 +55,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LOCK_VENV)
