@@ -209,7 +209,10 @@ def train_all(bench: Bench) -> None:
              "data.val_shards=" + str(shards(bench, "small", "val")),
              f"trainer.epochs={bench.small_epochs}", "data.batch_size=8", "optim.lr=1e-3",
              f"trainer.bf16={str(not bench.quick).lower()}"]
+    # One GPU worker of the recipe's 4: a global batch of 4, not its 16 (stated, as the
+    # recipe's global-batch check asks; speed is what is measured here, not convergence).
     r50 = ["experiment=sam_detr_r50_e12", "model.backbone.weights=null", "trainer.epochs=1",
+           "trainer.global_batch=4",
            "tracking.registered_model=null", "tracking.alias=null", "trainer.log_every=10",
            "data.train_shards=" + str(shards(bench, "r50", "train")),
            "data.val_shards=" + str(shards(bench, "r50", "val"))]

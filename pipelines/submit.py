@@ -8,10 +8,12 @@
 The ``key=value`` words before the command are this tool's settings (``conf/submit.yaml``,
 :class:`pipelines.submit_settings.SubmitSettings`); the words after a pipeline's name are that
 pipeline's Hydra overrides, checked here first (composed as ``--cfg job`` would) and passed on
-quoted. The project folder is uploaded as the job's working directory, and the environment
-variables named in ``pass_env`` (MLflow and object-store credentials) go with the request.
+quoted. The project folder is uploaded as the job's working directory. Credentials come from
+the cluster's own secrets; variables named in ``pass_env=[...]`` go with the request, where
+Ray's job listing shows them to every dashboard user (a warning names them).
 With ``wait=true`` (the default) the job's logs stream here and the exit status is the job's:
-0 succeeded, 1 failed, 3 stopped. Ctrl-C stops following, not the job.
+0 succeeded, 1 failed, 3 stopped, 2 bad settings or overrides (nothing sent). Ctrl-C stops
+following, not the job.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipelines.submit_settings import (
     PIPELINES,
     SubmitSettings,
     entrypoint,
+    exposed_credentials,
     runtime_env,
     split_command,
     submission_id,
@@ -84,6 +87,11 @@ def client(settings: SubmitSettings) -> Any:
 
 def submit(jobs: Any, settings: SubmitSettings, pipeline: str, overrides: list[str]) -> str:
     """Send the job through ``jobs`` (the client); returns its submission id."""
+    exposed = exposed_credentials(settings)
+    if exposed:
+        _say(f"warning: {', '.join(exposed)} will travel in the job's runtime environment, "
+             "which `ray job list` and the Ray dashboard show to everyone who can reach the "
+             "job server; prefer the cluster's own secrets (docs/cluster.md)")
     job_id = jobs.submit_job(
         entrypoint=entrypoint(pipeline, overrides),
         submission_id=submission_id(settings, pipeline),
@@ -136,8 +144,26 @@ def list_jobs(jobs: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["start"], reverse=True)
 
 
+def usage() -> str:
+    """What ``--help`` prints: what the tool does, how to call it, and its settings."""
+    import dataclasses
+
+    lines = [__doc__.strip(), "", "Settings (conf/submit.yaml; defaults: "
+             "pipelines.submit_settings.SubmitSettings):"]
+    for item in dataclasses.fields(SubmitSettings):
+        default = (item.default_factory() if item.default_factory is not dataclasses.MISSING
+                   else item.default)
+        lines.append(f"  {item.name}={default!r}")
+    lines += ["", f"Pipelines: {', '.join(PIPELINES)}; their own settings: "
+              "python -m pipelines.PIPELINE --help", "Docs: docs/cluster.md"]
+    return "\n".join(lines)
+
+
 def run(argv: list[str]) -> int:
     """The command line; returns the exit status."""
+    if not argv or {"-h", "--help"} & set(argv):
+        print(usage())
+        return 0 if argv else 2
     setting_words, command, args = split_command(argv)
     settings = load_settings(setting_words)
     if command in PIPELINES and settings.check:  # before contacting the cluster at all

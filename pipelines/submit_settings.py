@@ -3,8 +3,9 @@
 The settings come from ``conf/submit.yaml`` (defaults: :class:`SubmitSettings`) with the
 ``key=value`` words before the command; :func:`split_command` tells them from the command and
 the pipeline's own overrides. The job's runtime environment (:func:`runtime_env`) uploads the
-project folder as the working directory and passes named environment variables through from
-the submitting shell: credentials travel in the job request, never in a file.
+project folder as the working directory and passes the environment variables named in
+``pass_env`` through from the submitting shell (none by default: the cluster's own secrets
+hold the credentials; :func:`exposed_credentials` names those a job would show).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class SubmitSettings:
     """``address``: the job server (``http://HEAD:8265``); None: ``$RAY_ADDRESS``.
     ``wait``: follow the job's logs and exit with its status. ``working_dir``: the folder
     uploaded as the job's working directory (None: this project), minus ``excludes``.
-    ``pass_env``: variables copied from this shell into the job when set here. ``env``:
+    ``pass_env``: variables copied from this shell into the job when set here (none by
+    default; the job's runtime environment is visible to every dashboard user). ``env``:
     literal variables for the job. ``pip``: extra packages installed for the job.
     ``auth_mode``: ``token`` or ``disabled`` (Ray's ``RAY_AUTH_MODE``; None: the shell's);
     with ``token`` the token comes from ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or
@@ -50,12 +52,10 @@ class SubmitSettings:
         "*.pth", "*.ckpt", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache",
         "*.egg-info",
     ])
-    pass_env: list[str] = field(default_factory=lambda: [
-        "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-        "MLFLOW_TRACKING_TOKEN", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-        "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-    ])
+    # Nothing by default: a job's runtime environment is shown by `ray job list` and the
+    # dashboard to everyone who can reach the job server, so credentials come from the
+    # cluster's own secrets (the Secrets the KubeRay pods mount, a VM's instance profile).
+    pass_env: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     pip: list[str] = field(default_factory=list)
     # The driver of a pipeline only coordinates (Ray Train, Tune and Data run in workers): it
@@ -97,6 +97,19 @@ class SubmitSettings:
                 f"{address!r}; a GCS address (HEAD:6379) or ray:// client address cannot "
                 "take jobs")
         return address.rstrip("/")
+
+
+# Names that say a variable holds a credential.
+_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "ACCESS_KEY", "API_KEY")
+
+
+def exposed_credentials(settings: SubmitSettings, environ: dict[str, str] | None = None
+                        ) -> list[str]:
+    """The variables that look like credentials and would travel in the job's runtime
+    environment (set here and named in ``pass_env``, or given in ``env``)."""
+    environ = dict(os.environ if environ is None else environ)
+    sent = [n for n in settings.pass_env if environ.get(n)] + list(settings.env)
+    return sorted({n for n in sent if any(w in n.upper() for w in _SECRET_WORDS)})
 
 
 def split_command(argv: list[str]) -> tuple[list[str], str, list[str]]:

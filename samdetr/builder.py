@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from samdetr.config import DetectorConfig, ModelConfig
@@ -12,7 +13,7 @@ from samdetr.model.attention import (
     ConditionalSelfAttention,
     SalientPointCrossAttention,
 )
-from samdetr.model.backbone import build_resnet, load_backbone_weights
+from samdetr.model.backbone import build_resnet, load_backbone_state, load_backbone_weights
 from samdetr.model.criterion import SetCriterion
 from samdetr.model.decoder import BaselineDecoderLayer, SAMDecoderLayer, TransformerDecoder
 from samdetr.model.deformable_attention import MultiScaleDeformableAttention
@@ -65,11 +66,14 @@ def build_decoder_layer(cfg: ModelConfig) -> nn.Module:
     )
 
 
-def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = False) -> SAMDETR:
+def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = False,
+                backbone_state: dict[str, torch.Tensor] | None = None) -> SAMDETR:
     """Build a randomly initialised detector from its config.
 
     With ``load_pretrained=True`` and ``backbone.weights`` set, the ImageNet backbone weights
-    are loaded; otherwise nothing is read from disk or network.
+    are loaded: ``backbone_state`` when given (those weights, already read, e.g. once for all
+    the workers of a run), else read from ``backbone.weights``. Otherwise nothing is read from
+    disk or network.
     """
     cfg = _model_config(config)
     d = cfg.hidden_dim
@@ -81,7 +85,12 @@ def build_model(config: DetectorConfig | ModelConfig, load_pretrained: bool = Fa
     if load_pretrained:
         if cfg.backbone.weights is None:
             raise ValueError("load_pretrained=True but model.backbone.weights is not set")
-        load_backbone_weights(backbone, cfg.backbone.weights)
+        if backbone_state is not None:
+            load_backbone_state(backbone, backbone_state, cfg.backbone.weights)
+        else:
+            load_backbone_weights(backbone, cfg.backbone.weights)
+    elif backbone_state is not None:
+        raise ValueError("backbone_state is given but load_pretrained is false")
     # As the official code: one class head and one box head (PyTorch's default init; the box
     # heads are not part of the Xavier init below), cloned into every decoder layer, so all
     # layers start from the same heads and then train apart.

@@ -37,7 +37,7 @@ RAYCLUSTER_SPEC = {
     "headGroupSpec": "HeadGroupSpec", "workerGroupSpecs": "list[WorkerGroupSpec]",
     "rayVersion": "str", "enableInTreeAutoscaling": "bool",
     "autoscalerOptions": "AutoscalerOptions", "headServiceAnnotations": "map", "suspend": "bool",
-    "managedBy": "str", "gcsFaultToleranceOptions": "any", "authOptions": "any",
+    "managedBy": "str", "gcsFaultToleranceOptions": "any", "authOptions": "AuthOptions",
     "upgradeStrategy": "any",
 }
 HEAD_GROUP = {
@@ -57,7 +57,11 @@ AUTOSCALER_OPTIONS = {
     "volumeMounts": "list[V1VolumeMount]", "securityContext": "V1SecurityContext",
     "idleTimeoutSeconds": "int", "upscalingMode": "str", "version": "str",
 }
+# KubeRay 1.5.1+ (secretName: 1.6+); mode is an enum of the CRD.
+AUTH_OPTIONS = {"mode": "AuthMode", "secretName": "str", "enableK8sTokenAuth": "bool"}
+ENUMS = {"AuthMode": ("disabled", "token")}
 TABLES = {"RayJobSpec": (RAYJOB_SPEC, ()),
+          "AuthOptions": (AUTH_OPTIONS, ()),
           "RayClusterSpec": (RAYCLUSTER_SPEC, ("headGroupSpec",)),
           "HeadGroupSpec": (HEAD_GROUP, ("template",)),
           "WorkerGroupSpec": (WORKER_GROUP, ("groupName", "template")),
@@ -66,7 +70,8 @@ KINDS = {("ray.io/v1", "RayJob"): "RayJobSpec", ("ray.io/v1", "RayCluster"): "Ra
 CORE = {("apps/v1", "Deployment"): "V1Deployment", ("v1", "Service"): "V1Service",
         ("apps/v1", "StatefulSet"): "V1StatefulSet", ("v1", "Secret"): "V1Secret",
         ("v1", "ConfigMap"): "V1ConfigMap",
-        ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim"}
+        ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
+        ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy"}
 PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float)}
 
 
@@ -109,6 +114,10 @@ def check(value: Any, type_name: str, path: str) -> list[str]:
         wanted = PRIMITIVES[type_name]
         if isinstance(value, bool) and type_name != "bool" or not isinstance(value, wanted):
             return [f"{path}: expected {type_name}, got {value!r}"]
+        return []
+    if type_name in ENUMS:
+        if value not in ENUMS[type_name]:
+            return [f"{path}: expected one of {list(ENUMS[type_name])}, got {value!r}"]
         return []
     if type_name in TABLES:
         return _table(value, *TABLES[type_name], path)

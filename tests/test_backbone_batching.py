@@ -254,3 +254,25 @@ def test_building_never_touches_the_network(monkeypatch):
     assert model.backbone.num_channels == 512
     with pytest.raises(ValueError, match="backbone.weights is not set"):
         build_model(tiny_config(), load_pretrained=True)
+
+
+def test_a_state_dict_read_once_loads_as_the_file_does(tmp_path):
+    """build_model(backbone_state=...) gives the model that reading the file gives: what each
+    Ray Train worker does with the weights its driver read."""
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path / "r18.pth"
+    torch.save(state, path)
+    config = tiny_config(backbone=BackboneConfig(name="resnet18", weights=str(path)))
+    torch.manual_seed(0)
+    from_file = build_model(config, load_pretrained=True)
+    torch.manual_seed(0)
+    from_state = build_model(config, load_pretrained=True, backbone_state=state)
+    for (name, a), (_, b) in zip(from_file.state_dict().items(),
+                                 from_state.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(from_state.backbone.body.conv1.weight, state["conv1.weight"])
+    with pytest.raises(ValueError, match="backbone_state is given but load_pretrained is false"):
+        build_model(config, backbone_state=state)
+    del state["layer1.0.conv1.weight"]
+    with pytest.raises(ValueError, match=r"r18.pth' miss tensors.*layer1\.0\.conv1"):
+        build_model(config, load_pretrained=True, backbone_state=state)

@@ -12,10 +12,13 @@ import shlex
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from manifest_check import check, load_one, problems
 
+from pipelines.config_defaults import register_defaults, settings_dict
 from pipelines.submit import check_overrides
 from pipelines.submit_settings import PIPELINES
+from pipelines.train_settings import REGISTERED_MODEL, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -111,12 +114,119 @@ def test_entrypoints_name_real_pipelines_that_compose(name, monkeypatch):
     else:
         assert int(settings["sweep.max_concurrent_trials"]) * int(
             settings["trainer.num_workers"]) == gpus
+    # What the job's training runs are: the recipe's global batch (TrainSettings refuses
+    # another), runs and shards under $SAMDETR_STORAGE, the one registered model.
+    train = _job_settings(commands[-1])
+    recipe = re.search(r"experiment=(\w+)", spec["entrypoint"]).group(1)
+    assert train.trainer.global_batch == RECIPE_GLOBAL_BATCH[recipe] == train.global_batch
+    root = JOB_ENV["SAMDETR_STORAGE"]
+    assert train.trainer.storage_path == f"{root}/ray"
+    assert train.data.train_shards.startswith(f"{root}/shards/")
+    assert train.tracking.registered_model == REGISTERED_MODEL
     # The variables the entrypoint uses are set, to the same values, on the head (where the
     # job's driver runs) and in the submitter pod (whose shell may expand them first).
     used = set(re.findall(r"\$(\w+)", spec["entrypoint"]))
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     submitter = spec["submitterPodTemplate"]["spec"]["containers"][0]["env"]
     assert used and used <= {e["name"] for e in head} and head == submitter
+
+
+# The official recipes' global batches (samdetr spec: 16 for R50, 8 for DC5).
+RECIPE_GLOBAL_BATCH = {"sam_detr_r50_e12": 16, "sam_detr_r50_e50": 16}
+
+
+def _job_settings(words: list[str]) -> TrainSettings:
+    """The training settings a job's command composes to (a sweep's: its base settings)."""
+    pipeline = words[2].removeprefix("pipelines.")
+    register_defaults()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name=PIPELINES[pipeline],
+                      overrides=[os.path.expandvars(w) for w in words[3:]])
+    plain = settings_dict(cfg)
+    plain.pop("sweep", None)
+    return TrainSettings.from_dict(plain)
+
+
+def test_a_job_with_another_global_batch_is_refused(monkeypatch):
+    monkeypatch.setenv("SAMDETR_STORAGE", JOB_ENV["SAMDETR_STORAGE"])
+    words = _commands(load_one(INFRA / "kuberay/rayjob-train.yaml")["spec"]["entrypoint"])[0]
+    with pytest.raises(ValueError, match="global batch of 32"):
+        _job_settings([w for w in words if w != "data.batch_size=2"])
+
+
+def _clusters() -> dict[str, dict]:
+    out = {}
+    for name in ("rayjob-train.yaml", "rayjob-sweep.yaml", "raycluster.yaml"):
+        document = load_one(INFRA / "kuberay" / name)
+        out[name] = document["spec"].get("rayClusterSpec", document["spec"])
+    return out
+
+
+def _containers(spec: dict) -> list[dict]:
+    return [c for pod in _pods(spec) for c in pod.get("initContainers", []) + pod["containers"]]
+
+
+def _auth_problems(spec: dict) -> list[str]:
+    """Why a Ray cluster's containers would not all get Ray's token.
+
+    KubeRay gives RAY_AUTH_MODE / RAY_AUTH_TOKEN to the Ray containers, the autoscaler's
+    sidecar, the wait-gcs-ready init container and a RayJob's submitter only through
+    spec.authOptions; set by hand on the Ray containers they reach no sidecar, and the
+    autoscaler of a token-protected GCS never scales."""
+    out = []
+    if (spec.get("authOptions") or {}).get("mode") != "token":
+        out.append("spec.authOptions.mode is not token")
+    for container in _containers(spec):
+        names = {e["name"] for e in container.get("env", [])}
+        if names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}:
+            out.append(f"{container['name']} sets Ray's auth by hand (spec.authOptions does)")
+    autoscaler_env = (spec.get("autoscalerOptions") or {}).get("env") or []
+    out += [f"autoscalerOptions.env sets {e['name']}" for e in autoscaler_env
+            if e["name"].startswith("RAY_AUTH")]
+    return out
+
+
+@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-sweep.yaml", "raycluster.yaml"])
+def test_token_auth_reaches_every_container_that_talks_to_the_gcs(name):
+    assert _auth_problems(_clusters()[name]) == []
+
+
+def test_the_auth_check_finds_auth_set_by_hand():
+    spec = _clusters()["raycluster.yaml"]
+    del spec["authOptions"]
+    container = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    container["env"].append({"name": "RAY_AUTH_MODE", "value": "token"})
+    assert _auth_problems(spec) == [  # the workers share the head's env (a YAML anchor)
+        "spec.authOptions.mode is not token",
+        "ray-head sets Ray's auth by hand (spec.authOptions does)",
+        "ray-worker sets Ray's auth by hand (spec.authOptions does)"]
+    document = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "x"},
+                "spec": {**spec, "authOptions": {"mode": "on"}}}
+    assert problems(document) == [
+        "spec.authOptions.mode: expected one of ['disabled', 'token'], got 'on'"]
+
+
+@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-sweep.yaml", "raycluster.yaml"])
+def test_every_pod_can_pull_from_a_private_registry(name):
+    document = load_one(INFRA / "kuberay" / name)
+    secret = document["metadata"]["annotations"]["samdetr.io/pull-secret"]
+    pods = _pods(_clusters()[name])
+    if document["kind"] == "RayJob":
+        pods.append(document["spec"]["submitterPodTemplate"]["spec"])
+    for pod in pods:
+        assert pod["imagePullSecrets"] == [{"name": secret}]
+
+
+def test_sam_detr_storage_is_the_project_root_everywhere(monkeypatch):
+    """$SAMDETR_STORAGE: shards/ and ray/ under it, in the manifests and in trainer=gpu."""
+    monkeypatch.setenv("SAMDETR_STORAGE", "s3://b/root")
+    register_defaults()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["trainer=gpu"])
+    assert cfg.trainer.storage_path == "s3://b/root/ray"
+    for name in ("rayjob-train.yaml", "rayjob-sweep.yaml", "raycluster.yaml"):
+        annotations = load_one(INFRA / "kuberay" / name)["metadata"]["annotations"]
+        assert not annotations["samdetr.io/storage"].rstrip("/").endswith(("/ray", "/shards"))
 
 
 @pytest.mark.parametrize("path", KUBE + [INFRA / "cluster-launcher/aws-gpu.yaml"],
@@ -158,6 +268,11 @@ def test_the_cluster_launcher_config_fits_rays_schema():
 
     config = load_one(INFRA / "cluster-launcher/aws-gpu.yaml")
     validate(config)
+    # Ray's AWS defaults would pip-install boto3 in the container as its user at every start.
+    prepared = prepare_config(copy.deepcopy(config))
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
+        assert prepared[key] == [], key
+    assert "docker login" in " ".join(prepared["initialization_commands"])
     assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
     with pytest.raises(ValidationError, match="'max_worker' was unexpected"):
         validate({**config, "max_worker": 4})

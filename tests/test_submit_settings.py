@@ -12,6 +12,7 @@ from pipelines.submit_settings import (
     PROJECT_ROOT,
     SubmitSettings,
     entrypoint,
+    exposed_credentials,
     runtime_env,
     split_command,
     submission_id,
@@ -36,14 +37,29 @@ def test_the_entrypoint_quotes_every_override():
         entrypoint("fit", [])
 
 
+SHELL = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "AWS_SECRET_ACCESS_KEY": "s3cret",
+         "AWS_SESSION_TOKEN": "", "HOME": "/home/me"}
+
+
+def test_by_default_no_variable_of_this_shell_travels():
+    """The cluster's own secrets hold the credentials: a job's runtime environment is shown to
+    every dashboard user."""
+    settings = SubmitSettings()
+    assert runtime_env(settings, SHELL)["env_vars"] == {}
+    assert exposed_credentials(settings, SHELL) == []
+
+
 def test_the_runtime_env_passes_only_named_variables_that_are_set():
-    settings = SubmitSettings(env={"RAY_AIR_NEW_OUTPUT": 0}, pip=["boto3"])
-    env = runtime_env(settings, {"MLFLOW_TRACKING_URI": "http://mlflow:5000",
-                                 "AWS_SECRET_ACCESS_KEY": "s3cret", "AWS_SESSION_TOKEN": "",
-                                 "HOME": "/home/me"})
+    settings = SubmitSettings(env={"RAY_AIR_NEW_OUTPUT": 0}, pip=["boto3"], pass_env=[
+        "MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+    env = runtime_env(settings, SHELL)
     assert env["working_dir"] == str(PROJECT_ROOT)
     assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000",
                                "AWS_SECRET_ACCESS_KEY": "s3cret", "RAY_AIR_NEW_OUTPUT": "0"}
+    # Named and set here (AWS_SESSION_TOKEN is empty, so it stays): a warning names it.
+    assert exposed_credentials(settings, SHELL) == ["AWS_SECRET_ACCESS_KEY"]
+    literal = SubmitSettings(env={"MLFLOW_TRACKING_PASSWORD": "x", "DEBUG": "1"})
+    assert exposed_credentials(literal, {}) == ["MLFLOW_TRACKING_PASSWORD"]
     assert "/.venv" in env["excludes"] and "/outputs" in env["excludes"]
     assert not [p for p in env["excludes"] if p.strip("/") in ("conf", "data") and
                 not p.startswith("/")]  # conf/data/ must travel
@@ -98,3 +114,14 @@ def test_overrides_are_checked_before_anything_is_sent():
         check_overrides("train", ["trainer.num_wrkers=8"])
     with pytest.raises(ValueError, match="do not compose"):
         check_overrides("tune", ["sweep=nonexistent"])
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["address=x", "train", "--help"]])
+def test_help_prints_what_it_does_and_its_settings_and_exits_0(argv, capsys):
+    from pipelines.submit import run
+
+    assert run(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Run the project's pipelines as jobs on a Ray cluster")
+    assert "conf/submit.yaml" in out and "pass_env=[]" in out and "Docs: docs/cluster.md" in out
+    assert run([]) == 2  # no command: the same text, as an error

@@ -48,8 +48,22 @@ def test_the_default_sweep_is_m_by_smca_on_the_from_scratch_recipe():
     assert set(sweep.options["smca"]) == {"off", "beta8"}
     assert sweep.scheduler.name == "asha" and sweep.alias == "challenger"
     assert base.detector.model.backbone.last_stage == 2  # experiment=shapes_small
-    assert base.tracking.registered_model == "samdetr-shapes"
+    assert base.tracking.registered_model == "sam-detr"
     check_against(sweep, base)  # every M divides the recipe's width 64
+
+
+def test_a_sweep_of_an_official_recipe_trains_as_the_recipe_says(monkeypatch):
+    """The local shapes sweep's epochs, folders and CPU shares (conf/sweep_recipe/) apply to
+    its recipe only: a 50-epoch recipe's trials train 50 epochs on its GPU workers."""
+    monkeypatch.setenv("SAMDETR_STORAGE", "s3://b/samdetr")
+    sweep, base = _compose(["experiment=sam_detr_r50_e50"])
+    assert base.trainer.epochs == 50 and base.optim.lr_drop_epochs == (40,)
+    assert base.trainer.use_gpu and base.trainer.cpus_per_worker == 4
+    assert base.trainer.storage_path == "s3://b/samdetr/ray"
+    assert sweep.make_data is None and sweep.trial_cpus == 1
+    local_sweep, local = _compose([])
+    assert local.trainer.epochs == 12 and local.trainer.storage_path.endswith("/tune")
+    assert local_sweep.make_data == {"train": 320, "val": 80}
 
 
 def test_m_smca_lr_adds_a_sampled_learning_rate():

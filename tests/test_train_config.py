@@ -71,6 +71,8 @@ def test_experiments_compose_into_valid_settings(name, monkeypatch):
     # official multiscale scripts: 8 GPUs x 2.
     expected_split = (8, 1) if "dc5" in name else (8, 2) if "_ms" in name else (4, 4)
     assert (settings.trainer.num_workers, settings.data.batch_size) == expected_split
+    assert settings.trainer.global_batch == settings.global_batch == expected_split[0] * \
+        expected_split[1]
     assert settings.trainer.use_gpu and settings.trainer.bf16
     assert settings.tracking.tracking_uri.startswith("http")
 
@@ -296,3 +298,22 @@ def _synthetic_shards(root: Path) -> str:
 
     write_synthetic_shards(root / "data", root / "shards", 4, image_size=(64, 96), max_objects=2)
     return str(root / "shards")
+
+
+def test_a_recipe_refuses_another_global_batch_unless_it_is_stated(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    recipe = ["experiment=sam_detr_r50_e12"]
+    with pytest.raises(ValueError, match=r"trainer.num_workers=8 x data.batch_size=4 makes a "
+                       r"global batch of 32, but .* trainer.global_batch=16. Use "
+                       r"data.batch_size=2; or .* trainer.global_batch=32"):
+        TrainSettings.from_dict(_compose(recipe + ["trainer.num_workers=8"]))
+    with pytest.raises(ValueError, match="whose product is 16"):
+        TrainSettings.from_dict(_compose(recipe + ["trainer.num_workers=3"]))
+    split = TrainSettings.from_dict(_compose(recipe + ["trainer.num_workers=8",
+                                                       "data.batch_size=2"]))
+    assert split.global_batch == 16
+    stated = TrainSettings.from_dict(_compose(recipe + ["trainer.num_workers=8",
+                                                        "trainer.global_batch=32"]))
+    assert stated.global_batch == 32 and flatten(stated.to_dict())["trainer.global_batch"] == "32"
+    free = TrainSettings.from_dict(_compose(["trainer.num_workers=3"]))  # no recipe: any batch
+    assert free.trainer.global_batch is None and free.global_batch == 12

@@ -165,17 +165,21 @@ def read_backbone_weights(weights: str) -> dict[str, torch.Tensor]:
 
 
 def load_backbone_weights(backbone: Backbone, weights: str) -> None:
-    """Load ImageNet weights (see :func:`read_backbone_weights`) into ``backbone.body``.
+    """Load ImageNet weights (see :func:`read_backbone_weights`) into ``backbone.body``."""
+    load_backbone_state(backbone, read_backbone_weights(weights), weights)
 
-    The classifier head (``fc.*``) is ignored; every trunk tensor must be present.
-    """
-    state = read_backbone_weights(weights)
+
+def load_backbone_state(backbone: Backbone, state: dict[str, torch.Tensor],
+                        source: str = "the given state dict") -> None:
+    """Load an ImageNet ResNet state dict, already read (e.g. once for many processes), into
+    ``backbone.body``. The classifier head (``fc.*``) is ignored; every trunk tensor must be
+    present. ``source`` names it in errors."""
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     result = backbone.body.load_state_dict(state, strict=False)
     # FrozenBatchNorm2d drops num_batches_tracked itself, so only real gaps remain.
     if result.missing_keys:
-        raise ValueError(f"backbone weights {weights!r} miss tensors: {result.missing_keys[:8]}")
+        raise ValueError(f"backbone weights {source!r} miss tensors: {result.missing_keys[:8]}")
     if result.unexpected_keys:
         raise ValueError(
-            f"backbone weights {weights!r} have unexpected tensors: {result.unexpected_keys[:8]}"
+            f"backbone weights {source!r} have unexpected tensors: {result.unexpected_keys[:8]}"
         )
