@@ -1,11 +1,13 @@
-"""The ImageNet backbone weights a training run starts from, checked before any worker starts.
+"""The ImageNet backbone weights a training run starts from: read once, on the driver.
 
 The official recipes (``experiment=sam_detr_r50*``, ``model=sam_detr_r50*``) name torchvision's
 ResNet weights, as the official code always starts from them. A fresh run reads them once on
 the driver here, through torchvision's cache (downloading them into it if they are not there),
 so a missing file or an unreachable download stops the run at start with what to do, instead
-of failing inside every worker. Training from a random backbone is a choice made explicitly:
-``model.backbone.weights=null``.
+of failing inside every worker. The driver then puts them into Ray's object store
+(:func:`share_backbone_weights`) and every worker loads them from there: GPU nodes need no
+network access and no copy of the file. Training from a random backbone is a choice made
+explicitly: ``model.backbone.weights=null``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,13 +25,13 @@ from samdetr.model.backbone import read_backbone_weights
 def check_backbone_weights(
     weights: str | None,
     read: Callable[[str], dict[str, torch.Tensor]] = read_backbone_weights,
-) -> None:
-    """Raise ValueError, saying what to do, unless ``weights`` (None: a random backbone, as
-    asked) can be read with ``read``."""
+) -> dict[str, torch.Tensor] | None:
+    """The state dict of ``weights`` read with ``read`` (None: a random backbone, as asked,
+    and nothing is read); ValueError, saying what to do, when it cannot be read."""
     if weights is None:
-        return
+        return None
     try:
-        read(weights)
+        return read(weights)
     # no network, a missing file or an unknown name, a truncated download, not a state dict
     except (OSError, RuntimeError, ValueError, TypeError) as err:
         raise ValueError(
@@ -46,3 +49,13 @@ def absolute_weights(weights: str | None) -> str | None:
     if weights is not None and Path(weights).expanduser().is_file():
         return os.path.abspath(Path(weights).expanduser())
     return weights
+
+
+def share_backbone_weights(state: dict[str, torch.Tensor] | None) -> Any:
+    """An object-store reference to ``state`` (read on the driver) for the workers to load
+    instead of reading the weights themselves; None for None. Needs Ray to be up."""
+    if state is None:
+        return None
+    import ray
+
+    return ray.put(state)

@@ -130,7 +130,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     # ImageNet backbone weights only for a fresh start; a checkpoint has all the weights.
     pretrained = checkpoint is None and settings.detector.model.backbone.weights is not None
-    model = build_model(settings.detector, load_pretrained=pretrained).to(device)
+    # As the driver read them (one read for the run; a GPU node may have no network access).
+    shared = ray.get(job.backbone_weights) if pretrained and job.backbone_weights is not None \
+        else None
+    model = build_model(settings.detector, load_pretrained=pretrained,
+                        backbone_state=shared).to(device)
     criterion = build_criterion(settings.detector).to(device)
     optimizer = build_optimizer(model, settings.optim)
     scheduler = build_scheduler(optimizer, settings.optim)

@@ -104,6 +104,10 @@ class TrainerSettings:
     # The validation metric that picks the best checkpoint (kept beside the latest, logged as
     # the run's model); a sweep sets it to the metric it compares trials on.
     checkpoint_metric: str = "AP"
+    # The global batch (num_workers x data.batch_size) the recipe's learning rates are for:
+    # a run whose workers and batch size make another is refused. A recipe sets it; a run that
+    # changes it on purpose says so by setting it too (and scales optim.lr itself). None: any.
+    global_batch: int | None = None
     log_every: int = 10  # steps between per-step metrics
     num_pictures: int = 4  # validation images drawn with predictions each epoch
     ray_address: str | None = None  # None: embedded local Ray, or RAY_ADDRESS
@@ -156,6 +160,8 @@ class TrainerSettings:
             raise ValueError("trainer.use_gpu needs gpus_per_worker > 0")
         if self.fail_after_epoch is not None:
             _positive_int(self.fail_after_epoch, "trainer.fail_after_epoch", 0)
+        if self.global_batch is not None:
+            _positive_int(self.global_batch, "trainer.global_batch")
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -167,6 +173,11 @@ class TrainerSettings:
             resources["GPU"] = float(self.gpus_per_worker)
         resources.update({k: float(v) for k, v in (self.worker_resources or {}).items()})
         return resources
+
+
+#: The registered model that training (tracking=server), sweeps, the demo, promotion, prediction
+#: and serving name unless told otherwise: one name, so that each step finds what the last made.
+REGISTERED_MODEL = "sam-detr"
 
 
 @dataclass(frozen=True)
@@ -221,6 +232,14 @@ class TrainSettings:
     data: DataSettings
     trainer: TrainerSettings
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+
+    def __post_init__(self) -> None:
+        check_global_batch(self.trainer, self.data)
+
+    @property
+    def global_batch(self) -> int:
+        """Images per optimiser step over all workers."""
+        return self.trainer.num_workers * self.data.batch_size
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSettings:
@@ -290,6 +309,24 @@ class TrainSettings:
             "trainer": dataclasses.asdict(self.trainer),
             "tracking": dataclasses.asdict(self.tracking),
         }
+
+
+def check_global_batch(trainer: TrainerSettings, data: DataSettings) -> None:
+    """ValueError unless the workers and their batch make the recipe's global batch (when the
+    recipe names one): its learning rates hold for that batch only."""
+    expected = trainer.global_batch
+    found = trainer.num_workers * data.batch_size
+    if expected is None or found == expected:
+        return
+    hint = (f"data.batch_size={expected // trainer.num_workers}"
+            if expected % trainer.num_workers == 0 else
+            f"trainer.num_workers and data.batch_size whose product is {expected}")
+    raise ValueError(
+        f"trainer.num_workers={trainer.num_workers} x data.batch_size={data.batch_size} makes a "
+        f"global batch of {found}, but this recipe's learning rates are for "
+        f"trainer.global_batch={expected}. Use {hint}; or train with a global batch of "
+        f"{found} on purpose: trainer.global_batch={found} (and scale optim.lr yourself)"
+    )
 
 
 @dataclass

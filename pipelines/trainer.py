@@ -33,6 +33,9 @@ class TrainJob:
     ``data_sha256``: the manifest checksums of the shard sets (``train_manifest_sha256``,
     ``val_manifest_sha256``), kept in checkpoints so a registered model names its data.
     ``fit_id``: tells this call's reports from those restored checkpoints still carry.
+    ``backbone_weights``: an object-store reference to the ImageNet state dict the driver read
+    (:func:`pipelines.backbone_weights.share_backbone_weights`), which a fresh start loads
+    instead of reading ``model.backbone.weights`` on every worker; None: workers read them.
     """
 
     run_id: str | None
@@ -42,6 +45,7 @@ class TrainJob:
     train_images: int | None = None
     data_sha256: dict[str, str] = field(default_factory=dict)
     fit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    backbone_weights: Any = None
 
     def loop_config(self, settings: TrainSettings) -> dict[str, Any]:
         """The plain ``train_loop_config`` dict that crosses into the workers."""
