@@ -26,7 +26,7 @@ def _settings(out: Path, epochs: int | None, workers: int, verbose: bool = False
     from omegaconf import OmegaConf
 
     from pipelines.config_defaults import register_defaults, settings_dict
-    from pipelines.train_settings import TrainSettings
+    from pipelines.train_settings import REGISTERED_MODEL, TrainSettings
 
     overrides = [
         "experiment=shapes_small",
@@ -38,7 +38,7 @@ def _settings(out: Path, epochs: int | None, workers: int, verbose: bool = False
         f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}",
         f"tracking.artifact_location={out / 'mlartifacts'}",
         "tracking.experiment=samdetr-demo",
-        "tracking.registered_model=sam-detr-demo",
+        f"tracking.registered_model={REGISTERED_MODEL}",
         "tracking.alias=candidate",
         f"trainer.verbose={str(verbose).lower()}",
     ]

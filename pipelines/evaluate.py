@@ -2,13 +2,15 @@
 
     python -m pipelines.evaluate checkpoint=outputs/ray/demo/epoch_0006 \
         shards=outputs/shards/synthetic/val
-    python -m pipelines.evaluate model_uri=models:/sam-detr@candidate shards=...
+    python -m pipelines.evaluate model_uri=models:/sam-detr@candidate shards=... \
+        tracking_uri=http://mlflow:5000 mlflow_experiment=samdetr-evaluation
 
 A checkpoint (a ``checkpoint.pt`` file or a Ray Train checkpoint folder holding one, local or at
 a URI such as ``s3://bucket/ray/run/epoch_0006``) is scored
 with the same input pipeline and inference code as the per-epoch evaluation in training, so it
 gives the numbers that were reported. An MLflow model goes through its own ``predict`` (encoded
-image bytes in, detections out), as a deployed model would.
+image bytes in, detections out), as a deployed model would; it is looked up, downloaded and its
+score recorded in one store: ``tracking_uri``, else $MLFLOW_TRACKING_URI, else ./mlflow.db.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from typing import Any
 
 import torch
 
+from pipelines.evaluation_record import EXPERIMENT
 from pipelines.train_settings import CHECKPOINT_FILE
 from samdetr.data.shards import read_manifest
 from samdetr.data.storage import is_uri
@@ -38,11 +42,12 @@ class EvaluateConfig:
     batch_size: int | None = None  # None: the checkpoint's eval batch size (else 4)
     device: str = "auto"  # auto: cuda if available
     output: str | None = None  # write the metrics as JSON here
-    # A model URI's score is recorded in MLflow: an evaluation run in `experiment` and, for a
-    # registered version, its evaluation.* tags (pipelines.evaluation_record).
+    # A model URI's score is recorded in MLflow: an evaluation run in `mlflow_experiment` and,
+    # for a registered version, its evaluation.* tags (pipelines.evaluation_record).
     record: bool = True
-    tracking_uri: str | None = None  # None: MLflow's current URI ($MLFLOW_TRACKING_URI, ...)
-    experiment: str = "samdetr-evaluation"
+    # The store of model_uri and of the record; None: $MLFLOW_TRACKING_URI, else ./mlflow.db.
+    tracking_uri: str | None = None
+    mlflow_experiment: str = EXPERIMENT
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.model_uri is None):
@@ -51,6 +56,9 @@ class EvaluateConfig:
             raise ValueError("record must be true or false")
         if not isinstance(self.shards, str) or not self.shards:
             raise ValueError("shards must be a shard-set folder or URI")
+        if not isinstance(self.mlflow_experiment, str) or not self.mlflow_experiment.strip():
+            raise ValueError("mlflow_experiment must name the MLflow experiment of the "
+                             f"evaluation runs, got {self.mlflow_experiment!r}")
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool)
             or not isinstance(self.batch_size, int)
@@ -114,24 +122,33 @@ def evaluate_checkpoint(
 
 
 def evaluate_mlflow_model(
-    model_uri: str, shards: str, batch_size: int | None = None
+    model_dir: str, shards: str, batch_size: int | None = None, name: str | None = None
 ) -> dict[str, float]:
-    """COCO metrics of an MLflow model (this project's pyfunc) on ``shards``: the same numbers
-    as :func:`evaluate_checkpoint` of the checkpoint it was logged from (the model scores each
-    image unpadded, as the evaluation batches do, and returns the boxes unclipped here)."""
+    """COCO metrics of an MLflow model (this project's pyfunc) in the local folder
+    ``model_dir`` on ``shards``: the same numbers as :func:`evaluate_checkpoint` of the
+    checkpoint it was logged from (the model scores each image unpadded, as the evaluation
+    batches do, and returns the boxes unclipped here). ``name``: the model in messages.
+
+    A model of a store (``models:/...``, ``runs:/...``) is first fetched from the command's
+    store (:func:`pipelines.registry.fetched_model`): MLflow would look it up in its default one.
+    """
     import mlflow.pyfunc
     import numpy as np
     import pandas as pd
 
     from samdetr.data.shards import iter_rows
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    if not os.path.isdir(model_dir):
+        raise ValueError(f"{model_dir!r} is not a local MLflow model folder: fetch a store's "
+                         "model first (pipelines.registry.fetched_model)")
+    model = mlflow.pyfunc.load_model(model_dir)
     params_schema = model.metadata.get_params_schema()
     params = {"clip_boxes": False}  # unclipped boxes, as the training-time evaluation scores
     if params_schema is None or "clip_boxes" not in {p.name for p in params_schema.params}:
         params = {}
-        print(f"[evaluate] {model_uri} predates the clip_boxes param: its boxes come clipped to "
-              "the image, which COCO scores slightly higher than the checkpoint's", flush=True)
+        print(f"[evaluate] {name or model_dir} predates the clip_boxes param: its boxes come "
+              "clipped to the image, which COCO scores slightly higher than the checkpoint's",
+              flush=True)
     batch_size = batch_size or 4
     manifest = read_manifest(shards)
     rows = iter_rows(manifest, shard_dir=shards, columns=["image_id", "image", "exif_transpose"])
@@ -166,15 +183,18 @@ def evaluate_mlflow_model(
 
 def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
     start = time.perf_counter()
+    uri = None
     if config.checkpoint is not None:
         metrics = evaluate_checkpoint(config.checkpoint, config.shards, config.batch_size,
                                       config.device)
     else:
-        import mlflow
+        from pipelines.registry import fetched_model
+        from pipelines.tracking import store_uri
 
-        if config.tracking_uri:  # where models:/ URIs are looked up
-            mlflow.set_tracking_uri(config.tracking_uri)
-        metrics = evaluate_mlflow_model(config.model_uri, config.shards, config.batch_size)
+        uri = store_uri(config.tracking_uri)
+        with fetched_model(uri, config.model_uri) as local:
+            metrics = evaluate_mlflow_model(local, config.shards, config.batch_size,
+                                            config.model_uri)
     seconds = time.perf_counter() - start
     images = int(read_manifest(config.shards)["num_rows"])
     out = {
@@ -190,25 +210,16 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
         from pipelines.tracking import quietly
 
         out["evaluation_run"] = quietly("record the evaluation in MLflow", record_evaluation,
-                                        config, metrics, prefix="evaluate")
+                                        config, uri, metrics, prefix="evaluate")
     if config.output:
         with open(config.output, "w") as f:
             json.dump(out, f, indent=2)
     return out
 
 
-def tracking_uri(config: EvaluateConfig) -> str:
-    """The store the model came from: the setting, else MLflow's current one (the environment's
-    ``MLFLOW_TRACKING_URI``, or what the calling code set)."""
-    import mlflow
-
-    return config.tracking_uri or mlflow.get_tracking_uri()
-
-
-def record_evaluation(config: EvaluateConfig, metrics: dict[str, float]) -> str:
-    """The MLflow evaluation run of ``config.model_uri`` (and the version's tags); its id."""
-    from mlflow.tracking import MlflowClient
-
+def record_evaluation(config: EvaluateConfig, uri: str, metrics: dict[str, float]) -> str:
+    """The MLflow evaluation run of ``config.model_uri`` in the store ``uri`` (and the
+    version's tags); its id."""
     from pipelines.evaluation_record import (
         Scored,
         log_evaluation,
@@ -216,10 +227,10 @@ def record_evaluation(config: EvaluateConfig, metrics: dict[str, float]) -> str:
         registered_version,
         tag_evaluation,
     )
+    from pipelines.tracking import store_client
     from samdetr.data.shards import manifest_checksum
 
-    uri = tracking_uri(config)
-    client = MlflowClient(uri)
+    client = store_client(uri)
     version = registered_version(client, config.model_uri)
     model_id = model_id_of(version) if version is not None else None
     if version is None and config.model_uri.startswith("models:/m-"):
@@ -227,7 +238,7 @@ def record_evaluation(config: EvaluateConfig, metrics: dict[str, float]) -> str:
     scored = Scored(config.model_uri, metrics, config.shards, manifest_checksum(config.shards),
                     version.name if version else None,
                     str(version.version) if version else None, model_id)
-    run_id = log_evaluation(uri, config.experiment, scored, "evaluate")
+    run_id = log_evaluation(uri, config.mlflow_experiment, scored, "evaluate")
     tag_evaluation(client, scored, run_id)
     return run_id
 
@@ -246,6 +257,13 @@ def main() -> None:
     from omegaconf import DictConfig
 
     from pipelines.config_defaults import settings_dict
+    from pipelines.evaluation_record import refuse_experiment_override
+
+    try:
+        refuse_experiment_override(sys.argv[1:], "evaluate")
+    except ValueError as err:
+        print(f"[evaluate] {err}", flush=True)
+        raise SystemExit(2) from None
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
     def _run(cfg: DictConfig) -> None:

@@ -1,7 +1,8 @@
 """The record of a model's evaluation in MLflow: one run per scored model, and tags on the
 registered version it scored.
 
-The run (in its own experiment, ``samdetr-evaluation`` by default) holds the COCO metrics, the
+The run (in its own experiment: the setting ``mlflow_experiment`` of evaluate and promote,
+``samdetr-evaluation`` by default) holds the COCO metrics, the
 shard set as an MLflow dataset input (its source, and the manifest's SHA-256 as the digest and
 as an input tag), a link to the logged model it scored, and tags naming the model version and
 why it was scored (``samdetr.purpose``: ``evaluate`` or ``promotion``). The version gets
@@ -14,10 +15,13 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 EVAL_TAG = "evaluation."
+#: The MLflow experiment of the evaluation runs unless ``mlflow_experiment=`` says otherwise.
+EXPERIMENT = "samdetr-evaluation"
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,10 @@ def log_evaluation(uri: str, experiment: str, scored: Scored, purpose: str,
                    extra_tags: dict[str, str] | None = None) -> str:
     """A finished MLflow run recording ``scored``; returns its id."""
     from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Param
-    from mlflow.tracking import MlflowClient
 
-    from pipelines.tracking import experiment_id
+    from pipelines.tracking import experiment_id, store_client
 
-    client = MlflowClient(uri)
+    client = store_client(uri)
     when = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     subject = f"{scored.name}-v{scored.version}" if scored.version else "model"
     tags = {
@@ -130,3 +133,17 @@ def tag_evaluation(client: Any, scored: Scored, run_id: str | None) -> None:
     })
     for key, value in tags.items():
         client.set_model_version_tag(scored.name, scored.version, key, value)
+
+
+def refuse_experiment_override(argv: Sequence[str], command: str) -> None:
+    """ValueError for an ``experiment=...`` argument of ``pipelines.<command>``: Hydra would
+    read it as the training recipe group of train and tune (and fail to compose, or merge a
+    recipe), while the MLflow experiment of the evaluation runs is ``mlflow_experiment=``."""
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "=" in arg and (key == "experiment" or key.startswith("experiment.")):
+            raise ValueError(
+                f"{arg!r}: pipelines.{command} has no training recipe to choose (experiment= "
+                "picks one in pipelines.train and pipelines.tune); the MLflow experiment of its "
+                f"evaluation runs is mlflow_experiment=NAME (default {EXPERIMENT})"
+            )

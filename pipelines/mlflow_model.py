@@ -93,7 +93,10 @@ def log_detector_model(
 
     Call it inside ``with mlflow.start_run(...)`` (to add to an existing run, e.g. a training
     run, use ``mlflow.start_run(run_id=...)``): the model then belongs to a run you chose
-    instead of one MLflow would start and leave open. ``registered_model_name`` also creates a
+    instead of one MLflow would start and leave open. Like ``mlflow.pyfunc.log_model`` it uses
+    MLflow's process-wide tracking and registry URIs, those of the active run: to log into a
+    given store, call it inside :func:`pipelines.tracking.using_store` (as
+    :func:`pipelines.registry.log_best_model` does). ``registered_model_name`` also creates a
     new version of that registered model. The model and the version are tagged with the
     checkpoint's facts (:class:`pipelines.model_facts.ModelFacts`: categories, eval size, data
     checksums, source run, config). ``input_images`` (encoded bytes, keep them small: they
@@ -135,6 +138,7 @@ def log_detector_model(
             tags=facts,
         )
     if registered_model_name:
+        # The registry log_model just registered the version in (the process-wide URIs).
         tag_version(mlflow.MlflowClient(), registered_model_name,
                     info.registered_model_version, facts)
     return info

@@ -1,7 +1,8 @@
 """Detect objects in images with a registered model, a model version or a checkpoint.
 
-    python -m pipelines.predict model_uri=models:/samdetr-shapes@challenger images=photos/
-    python -m pipelines.predict model_uri=models:/samdetr-shapes/3 'images=s3://b/shots/*.jpg'
+    python -m pipelines.predict model_uri=models:/sam-detr@challenger images=photos/
+    python -m pipelines.predict model_uri=models:/sam-detr/3 'images=s3://b/shots/*.jpg' \
+        tracking_uri=http://mlflow:5000
     python -m pipelines.predict checkpoint=outputs/ray/shapes/epoch_0020 \
         'images=[a.jpg,b.png]' score_threshold=0.3 salient_points=true
 
@@ -10,7 +11,8 @@ Writes into ``output``: ``results.json`` (COCO results: ``image_id``, ``category
 sizes), ``detections.csv`` (one row per detection) and, with ``pictures``, one picture per image
 with boxes, class names, scores and, with ``salient_points``, each detection's salient points
 (as in the paper's Figure 4). An image that cannot be read or decoded is listed in
-``skipped.txt`` and on the console; the others go on.
+``skipped.txt`` and on the console; the others go on. A model URI is looked up and downloaded in
+the store ``tracking_uri`` (else $MLFLOW_TRACKING_URI, else ./mlflow.db), as in the other commands.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import contextlib
 import csv
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ class PredictConfig:
     """Exactly one of ``model_uri`` (``models:/name@alias``, ``models:/name/version``,
     ``runs:/id/model``) and ``checkpoint`` (``checkpoint.pt`` or a Ray Train checkpoint folder,
     local or a URI). ``images``: a folder, a glob, a file, or a list of them, local or at URIs.
+    ``tracking_uri``: the MLflow store of ``model_uri`` (None: $MLFLOW_TRACKING_URI, else
+    ``sqlite:///mlflow.db`` in the current folder).
     """
 
     images: str | list[str]
@@ -49,6 +52,7 @@ class PredictConfig:
     batch_size: int = 4
     device: str = "auto"
     exif_transpose: bool = True
+    tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
         if (self.model_uri is None) == (self.checkpoint is None):
@@ -74,12 +78,16 @@ class PredictConfig:
         for name in ("pictures", "salient_points", "exif_transpose"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")
+        if self.tracking_uri is not None and (not isinstance(self.tracking_uri, str)
+                                              or not self.tracking_uri):
+            raise ValueError(f"tracking_uri must be an MLflow store URI or null, got "
+                             f"{self.tracking_uri!r}")
 
 
 @contextlib.contextmanager
 def _checkpoint_of(config: PredictConfig) -> Iterator[str]:
     """A local samdetr checkpoint file: the checkpoint, or the one an MLflow model carries
-    (its ``checkpoint`` artifact)."""
+    (its ``checkpoint`` artifact), fetched from the command's store."""
     if config.checkpoint is not None:
         from pipelines.evaluate import local_checkpoint
 
@@ -87,11 +95,12 @@ def _checkpoint_of(config: PredictConfig) -> Iterator[str]:
             yield path
         return
     model = config.model_uri
-    import mlflow
     from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory(prefix="samdetr-predict-") as folder:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=folder)
+    from pipelines.registry import fetched_model
+    from pipelines.tracking import store_uri
+
+    with fetched_model(store_uri(config.tracking_uri), model) as local:
         flavor = Model.load(local).flavors.get("python_function", {})
         artifact = flavor.get("artifacts", {}).get("checkpoint", {}).get("path")
         if artifact is None:

@@ -3,18 +3,24 @@
     python -m pipelines.promote registered_model=sam-detr shards=outputs/shards/coco/holdout
     python -m pipelines.promote registered_model=sam-detr shards=... margin=0.005 metric=AP50
     python -m pipelines.promote registered_model=sam-detr rollback=true
+    python -m pipelines.promote shards=... tracking_uri=sqlite:///outputs/demo/mlflow.db
+    python -m pipelines.promote challenger_model=sam-detr-candidates shards=...
 
 The challenger and the champion are downloaded, checked (same categories, as the evaluation set's;
 neither trained on the evaluation set; files complete) and scored on the same shards by the same
 code (:func:`pipelines.evaluate.evaluate_mlflow_model`). Each scoring is an MLflow evaluation run;
 the decision and its reason are tags on both versions and on the registered model, so the
 registry alone says which version is champion, why, and since when (:mod:`pipelines.promotion`
-has the rules). A refusal moves no alias and exits with status 2.
+has the rules). A refusal moves no alias and exits with status 2. With ``challenger_model``
+the proposed version comes from that registered model and is copied into ``registered_model``
+first (:func:`propose`). The registry, the models' files and the evaluation runs are all in one
+store: ``tracking_uri``, else $MLFLOW_TRACKING_URI, else ./mlflow.db.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -35,12 +41,6 @@ def _say(message: str) -> None:
     print(f"[promote] {message}", flush=True)
 
 
-def resolved_uri(config: PromoteConfig) -> str:
-    from pipelines.train_settings import TrackingSettings
-
-    return TrackingSettings(tracking_uri=config.tracking_uri).resolved_uri()
-
-
 def aliased(client: Any, name: str, alias: str) -> Any | None:
     """The version of ``name`` with ``alias``, or ``None``; ValueError if ``name`` is unknown."""
     from mlflow.exceptions import MlflowException
@@ -57,18 +57,21 @@ def aliased(client: Any, name: str, alias: str) -> Any | None:
 def run_promote(config: PromoteConfig) -> dict[str, Any]:
     """Score, decide, move the aliases; returns the decision (``decision``, ``reason``, the
     versions and their metrics). Raises :class:`PromotionRefused` when the gate cannot judge."""
-    from mlflow.tracking import MlflowClient
-
+    from pipelines.tracking import store_client, store_uri
     from samdetr.engine.evaluation import manifest_summary
 
-    uri = resolved_uri(config)
-    client = MlflowClient(uri)
+    uri = store_uri(config.tracking_uri)
+    client = store_client(uri)
     if config.rollback:
         return run_rollback(client, config)
     name = config.registered_model
-    challenger = aliased(client, name, config.challenger_alias)
+    # A dry run moves nothing: it scores the proposed version where it is.
+    source = config.challenger_model if config.challenger_model and config.dry_run else name
+    if config.challenger_model and not config.dry_run:
+        propose(client, config)
+    challenger = aliased(client, source, config.challenger_alias)
     if challenger is None:
-        raise ValueError(f"no version of {name!r} has the alias {config.challenger_alias!r}: "
+        raise ValueError(f"no version of {source!r} has the alias {config.challenger_alias!r}: "
                          "register one first (pipelines.train tracking.alias=challenger, or a "
                          "sweep)")
     champion = aliased(client, name, config.champion_alias)
@@ -78,7 +81,8 @@ def run_promote(config: PromoteConfig) -> dict[str, Any]:
     versions = {"challenger": challenger, **({"champion": champion} if champion else {})}
     data = manifest_summary(config.shards)
     with tempfile.TemporaryDirectory(prefix="samdetr-promote-") as folder:
-        local = {role: _download(v, os.path.join(folder, role), config, client, challenger)
+        local = {role: _download(v, os.path.join(folder, role), uri, config, client,
+                                 challenger)
                  for role, v in versions.items()}
         facts = {role: _facts(path, versions[role], config, client, challenger)
                  for role, path in local.items()}
@@ -90,7 +94,7 @@ def run_promote(config: PromoteConfig) -> dict[str, Any]:
         _warn_selected_on(facts, versions, data["manifest_sha256"])
         scored = {role: _score(path, versions[role], config, data["manifest_sha256"])
                   for role, path in local.items()}
-    runs = {role: log_evaluation(uri, config.experiment, s, "promotion")
+    runs = {role: log_evaluation(uri, config.mlflow_experiment, s, "promotion")
             for role, s in scored.items()}
     if not config.dry_run:
         for role, s in scored.items():
@@ -98,16 +102,45 @@ def run_promote(config: PromoteConfig) -> dict[str, Any]:
     return _decide_and_apply(client, config, scored, runs)
 
 
-def _download(version: Any, folder: str, config: PromoteConfig, client: Any,
-              challenger: Any) -> str:
-    import mlflow
+def propose(client: Any, config: PromoteConfig) -> None:
+    """Copy ``challenger_model``'s @challenger into ``registered_model`` (once per version: a
+    copy made before is reused) and make the copy ``registered_model``'s @challenger, so that
+    every alias and tag the gate writes is on the model only the promoting user may write."""
+    source, name = config.challenger_model, config.registered_model
+    candidate = aliased(client, source, config.challenger_alias)
+    if candidate is None:
+        raise ValueError(f"no version of {source!r} has the alias {config.challenger_alias!r}: "
+                         "register one first (pipelines.train tracking.alias=challenger, or a "
+                         "sweep)")
+    origin = f"models:/{source}/{candidate.version}"
+    copy = _copy_of(client, name, origin)
+    if copy is None:
+        copy = client.copy_model_version(origin, name)
+        _say(f"copied {source} v{candidate.version} into {name} as v{copy.version}")
+    client.set_registered_model_alias(name, config.challenger_alias, copy.version)
 
+
+def _copy_of(client: Any, name: str, origin: str) -> Any | None:
+    """The version of ``name`` copied from ``origin`` (``models:/SOURCE/VERSION``), if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return next((v for v in versions if v.source == origin), None)
+
+
+def _download(version: Any, folder: str, uri: str, config: PromoteConfig, client: Any,
+              challenger: Any) -> str:
+    """The version's files from the store ``uri`` in ``folder``; a refusal if they cannot be
+    read."""
+    from pipelines.registry import download_model
     from pipelines.tracking import quiet_mlflow
 
-    uri = f"models:/{version.name}/{version.version}"
     try:
         with quiet_mlflow():
-            return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
+            return download_model(uri, f"models:/{version.name}/{version.version}", folder)
     except Exception as err:  # noqa: BLE001 - missing files show up as many kinds of error
         raise _refuse(client, config, challenger, f"the files of {version.name} "
                       f"v{version.version} cannot be read ({type(err).__name__}: "
@@ -145,7 +178,8 @@ def _score(path: str, version: Any, config: PromoteConfig, sha256: str) -> Score
     from pipelines.evaluate import evaluate_mlflow_model
 
     _say(f"scoring {version.name} v{version.version} on {config.shards}")
-    metrics = evaluate_mlflow_model(path, config.shards, config.batch_size)
+    metrics = evaluate_mlflow_model(path, config.shards, config.batch_size,
+                                    f"{version.name} v{version.version}")
     return Scored(f"models:/{version.name}/{version.version}", metrics, config.shards, sha256,
                   version.name, str(version.version), model_id_of(version))
 
@@ -267,8 +301,14 @@ def main() -> None:
     from omegaconf import DictConfig
 
     from pipelines.config_defaults import register_defaults, settings_dict
+    from pipelines.evaluation_record import refuse_experiment_override
     from samdetr.config import known_fields
 
+    try:
+        refuse_experiment_override(sys.argv[1:], "promote")
+    except ValueError as err:
+        print(f"[promote] {err}", flush=True)
+        raise SystemExit(2) from None
     register_defaults()  # promote_base, the node conf/promote.yaml starts from
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="promote")

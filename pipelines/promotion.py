@@ -12,7 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.evaluation_record import EXPERIMENT
 from pipelines.model_facts import ModelFacts
+from pipelines.train_settings import REGISTERED_MODEL
 from samdetr.engine.coco_eval import METRIC_NAMES
 
 
@@ -22,9 +24,15 @@ class PromoteConfig:
     rollback). ``margin``: how much higher (absolute, metrics are fractions) the challenger
     must score than the champion. ``threshold``: the least score of a first champion.
     ``dry_run``: score (the evaluation runs are logged) and report; move no alias, set no
-    version tag."""
+    version tag. ``tracking_uri``: the store of the registry, the models' files and the
+    evaluation runs (None: $MLFLOW_TRACKING_URI, else ./mlflow.db); ``mlflow_experiment``: the
+    MLflow experiment of the evaluation runs."""
 
-    registered_model: str
+    registered_model: str = REGISTERED_MODEL
+    # The registered model whose @challenger is proposed, when it is not registered_model: on a
+    # server where training may write only a candidates model (docs/registry.md), the proposed
+    # version is first copied into registered_model and made its @challenger there.
+    challenger_model: str | None = None
     shards: str | None = None
     metric: str = "AP"
     margin: float = 0.0
@@ -39,14 +47,20 @@ class PromoteConfig:
     allow_unknown_training_data: bool = False
     batch_size: int | None = None  # images per predict call (None: 4)
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-    experiment: str = "samdetr-evaluation"  # where the evaluation runs go
+    mlflow_experiment: str = EXPERIMENT  # where the evaluation runs go
 
     def __post_init__(self) -> None:
         for name in ("registered_model", "challenger_alias", "champion_alias", "previous_alias",
-                     "experiment"):
+                     "mlflow_experiment"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if self.challenger_model is not None and (
+                not isinstance(self.challenger_model, str) or not self.challenger_model.strip()
+                or self.challenger_model == self.registered_model):
+            raise ValueError("challenger_model must name another registered model than "
+                             f"registered_model ({self.registered_model!r}), or be null; got "
+                             f"{self.challenger_model!r}")
         aliases = (self.challenger_alias, self.champion_alias, self.previous_alias)
         if len(set(aliases)) != 3:
             raise ValueError(f"the three aliases must differ, got {aliases}")

@@ -24,7 +24,7 @@ from pipelines.sweep_report import (
     metric_vs_param_figure,
     results_csv,
 )
-from pipelines.tracking import quiet_mlflow
+from pipelines.tracking import quiet_mlflow, store_client, using_store
 from pipelines.train_settings import CHECKPOINT_FILE, TrackingSettings
 
 #: Tag prefixes on the trials' runs and the winner's model version.
@@ -53,11 +53,9 @@ def _ray_checkpoint(folder: str) -> Any:
 def complete_trial(uri: str, outcome: TrialOutcome, run_root: str, metric: str) -> str | None:
     """Log the trial's best checkpoint as its child run's model, tag and close the run.
     Returns the logged model's URI (None without a checkpoint)."""
-    from mlflow.tracking import MlflowClient
-
     from pipelines.registry import log_best_model
 
-    client = MlflowClient(uri)
+    client = store_client(uri)
     run_id = outcome.mlflow_run_id
     model_uri = None
     found = best_kept(outcome, run_root, metric)
@@ -79,9 +77,7 @@ def complete_trial(uri: str, outcome: TrialOutcome, run_root: str, metric: str) 
 def log_results(uri: str, run_id: str, outcomes: list[TrialOutcome], metric: str,
                 table: str) -> None:
     """The parent run's ``results.csv``, ``trials.txt`` and plots, and the best metric."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
+    client = store_client(uri)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         (root / "results.csv").write_text(results_csv(outcomes, metric))
@@ -117,16 +113,14 @@ def winner_tags(outcome: TrialOutcome, metric: str, parent_run_id: str | None,
 def register_winner(uri: str, tracking: TrackingSettings, model_uri: str,
                     tags: dict[str, str], alias: str) -> str:
     """A new version of ``tracking.registered_model`` from the logged ``model_uri``, tagged
-    with ``tags`` and the logged model's facts, with ``alias`` pointed at it; returns
-    ``"name vN @alias"``."""
+    with ``tags`` and the logged model's facts, with ``alias`` pointed at it, all in the store
+    ``uri``; returns ``"name vN @alias"``."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    client = store_client(uri)
     name = tracking.registered_model
     tags = {**logged_model_facts(client, model_uri), **tags}
-    with quiet_mlflow():
+    with quiet_mlflow(), using_store(uri):  # register_model knows only the process-wide URIs
         version = mlflow.register_model(model_uri, name, tags=tags).version
     client.set_registered_model_alias(name, alias, version)
     return f"{name} v{version} @{alias}"

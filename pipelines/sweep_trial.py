@@ -29,8 +29,12 @@ class TrialJob:
         return asdict(self)
 
 
-def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
-    """Tune's function trainable: ``config`` is the trial's draw from the search space."""
+def train_trial(config: dict[str, Any], job: dict[str, Any],
+                backbone: tuple[str | None, dict[str, Any] | None] = (None, None)) -> None:
+    """Tune's function trainable: ``config`` is the trial's draw from the search space.
+    ``backbone``: ``(model.backbone.weights, its state dict)`` as the sweep's driver read them
+    (once, for every trial: Tune's object store carries them), used when the trial starts
+    from those weights."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -40,4 +44,6 @@ def train_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     sweep = SweepSettings.from_dict(trial.sweep)
     trial_id = tune.get_context().get_trial_id()
     settings = trial_settings(trial.base, sweep, config, trial_id, trial.parent_run_id)
-    run_training(settings, callbacks=[TuneReportCallback()])
+    name, state = backbone
+    shared = state if settings.detector.model.backbone.weights == name else None
+    run_training(settings, callbacks=[TuneReportCallback()], backbone_state=shared)

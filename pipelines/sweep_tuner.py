@@ -17,16 +17,20 @@ def experiment_path(base: TrainSettings, sweep: SweepSettings) -> str:
     return f"{base.trainer.storage_path.rstrip('/')}/{sweep.name}"
 
 
-def build_tuner(sweep: SweepSettings, base: TrainSettings, parent_run_id: str | None) -> Any:
+def build_tuner(sweep: SweepSettings, base: TrainSettings, parent_run_id: str | None,
+                backbone_state: dict[str, Any] | None = None) -> Any:
     """A new Tuner, or the stored one restored (finished trials kept, unfinished and errored
-    ones resumed: their Train runs go on from their latest checkpoints)."""
+    ones resumed: their Train runs go on from their latest checkpoints). ``backbone_state``:
+    the base's ImageNet weights, read once by this driver for every trial."""
     from ray import tune
 
     from pipelines.sweep_trial import TrialJob, train_trial
 
     job = TrialJob(base.to_dict(), sweep.to_dict(), parent_run_id).as_dict()
-    trainable = tune.with_resources(tune.with_parameters(train_trial, job=job),
-                                    {"CPU": float(sweep.trial_cpus)})
+    backbone = (base.detector.model.backbone.weights, backbone_state)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, job=job, backbone=backbone),
+        {"CPU": float(sweep.trial_cpus)})
     path = experiment_path(base, sweep)
     if tune.Tuner.can_restore(path):
         _write_histories(sweep, base)

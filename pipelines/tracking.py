@@ -1,10 +1,13 @@
 """MLflow tracking of training runs: a reachability check, the MLflow run of a training run, and
 the logger rank 0 uses inside the Ray Train worker.
 
-Everything goes through ``MlflowClient`` with explicit run ids (no global "active run"), so the
-same code works on the driver and in a worker, against SQLite or a tracking server. Tracking
-never ends a training run: the worker's :class:`RunLogger` sends from a background thread, keeps
-what the store refused and sends it again later; the driver's last calls warn on failure.
+Everything goes through ``MlflowClient`` with explicit run ids and URIs (no global "active run",
+no global tracking URI), so the same code works on the driver and in a worker, against SQLite or
+a tracking server, and a command uses the store it was given for every call
+(:func:`store_uri`, :func:`store_client`; :func:`using_store` for the few MLflow functions that
+only know the process-wide URI). Tracking never ends a training run: the worker's
+:class:`RunLogger` sends from a background thread, keeps what the store refused and sends it
+again later, and says so on the console; the driver's last calls warn on failure.
 """
 
 from __future__ import annotations
@@ -22,6 +25,53 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 RUN_NAME_TAG = "samdetr.run_name"
+#: The logger of urllib3's per-request retry warnings ("Retrying (...) after connection broken
+#: by ..."), which MLflow's HTTP client triggers for every request to a server that is down.
+RETRY_LOGGER = "urllib3.connectionpool"
+#: What ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also write (for subprocesses).
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def store_uri(setting: str | None) -> str:
+    """The store of a command whose ``tracking_uri`` setting is ``setting``: resolved by
+    :meth:`pipelines.train_settings.TrackingSettings.resolved_uri` (the setting, else
+    $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db`` made absolute), as training does."""
+    from pipelines.train_settings import TrackingSettings
+
+    return TrackingSettings(tracking_uri=setting).resolved_uri()
+
+
+def store_client(uri: str) -> Any:
+    """An ``MlflowClient`` whose tracking and registry are both the store ``uri`` (MLflow would
+    otherwise take the registry from $MLFLOW_REGISTRY_URI or ``mlflow.set_registry_uri``)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to ``uri`` inside, for the MLflow
+    functions that take no URI (``mlflow.start_run``, ``mlflow.pyfunc.log_model``,
+    ``mlflow.register_model``); afterwards exactly what was set before, environment included
+    (``mlflow.set_tracking_uri`` also writes $MLFLOW_TRACKING_URI, and ``None`` deletes it).
+
+    Process-wide while inside: for a command's own thread, not for code running beside it."""
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in URI_VARIABLES}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def quietly(what: str, fn: Callable[..., Any], *args: Any, prefix: str = "samdetr",
@@ -62,8 +112,6 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     HTTP(S) servers must answer ``/health``; other stores (SQLite, databricks, ...) must answer
     a search through ``MlflowClient``. Raises ``ConnectionError``.
     """
-    from mlflow.tracking import MlflowClient
-
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -76,7 +124,7 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
                 "tracking.tracking_uri / MLFLOW_TRACKING_URI, or run with tracking.enabled=false."
             ) from err
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        store_client(uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow raises MlflowException, sqlalchemy errors, ...
         raise ConnectionError(f"MLflow tracking store {uri} cannot be used: {err}") from err
 
@@ -93,9 +141,8 @@ def create_run(
     """A new MLflow run in ``experiment`` (created if needed) with the params and the resolved
     config (``config.yaml``), nested under ``parent_run_id`` if given; returns its id."""
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    client = store_client(uri)
     tags = {RUN_NAME_TAG: run_name}
     if parent_run_id:  # the tag MLflow's UI and search use to nest runs
         tags["mlflow.parentRunId"] = parent_run_id
@@ -132,9 +179,8 @@ def reopen_run(uri: str, run_id: str, run_name: str) -> None:
     """
     from mlflow.entities import RunStatus
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    client = store_client(uri)
     try:
         client.get_run(run_id)
     except MlflowException as err:
@@ -147,9 +193,7 @@ def reopen_run(uri: str, run_id: str, run_name: str) -> None:
 
 
 def finish_run(uri: str, run_id: str, ok: bool) -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    store_client(uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
 def open_parent_run(tracking: Any, name: str, params: dict[str, str], text: str,
@@ -171,33 +215,75 @@ def open_parent_run(tracking: Any, name: str, params: dict[str, str], text: str,
     return uri, run_id
 
 
+def duration(seconds: float) -> str:
+    """``42s``, ``4m 02s``, ``1h 05m``: how long an outage lasted, for the console."""
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+class _RetryWarnings(logging.Filter):
+    """Keeps urllib3's "Retrying ..." warnings of one thread (a :class:`RunLogger`'s sender) off
+    the console and hands each to ``on_retry`` (the logger's own outage message covers them);
+    every other thread's warnings pass."""
+
+    def __init__(self, thread_id: int | None, on_retry: Callable[[str], None]):
+        super().__init__()
+        self.thread_id = thread_id
+        self.on_retry = on_retry
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread_id or not str(record.msg).startswith("Retrying"):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.on_retry(type(args[1]).__name__ if len(args) > 1 else "no answer")
+        return False
+
+
 class RunLogger:
     """Rank 0's handle on the MLflow run: metrics in batches, pictures, plots.
 
-    Calls return at once; a background thread sends, in order. When the store fails, the
-    failure is reported once through ``warn``, counted in :attr:`failures`, and the unsent items
-    are kept (at most ``max_pending``; beyond that new ones are dropped and counted in
-    :attr:`dropped`) and sent again every ``retry_after_s`` seconds.
+    Calls return at once; a background thread sends, in order. When the store stops answering
+    (a call fails, or MLflow's HTTP client starts retrying one), ``warn`` says so once per
+    outage, with the URI and the retry interval; the calls made meanwhile are queued (at most
+    ``max_pending``; beyond that they are dropped) and sent again every ``retry_after_s``
+    seconds; once the queue is sent, ``warn`` says how many calls went late and after how long.
+    urllib3's per-request "Retrying" warnings of the sending thread stay off the console while
+    the logger exists (other threads' still show). :meth:`counts` gives the totals for the run's
+    summary.
     """
 
     def __init__(self, uri: str, run_id: str, retry_after_s: float = 30.0,
                  max_pending: int = 10_000, warn: Callable[[str], None] = print):
         from mlflow.tracking import MlflowClient
 
+        self.uri = uri
         self.client = MlflowClient(uri)
         self.run_id = run_id
         self.retry_after_s = retry_after_s
         self.max_pending = max_pending
-        self.failures = 0
-        self.dropped = 0
+        self.failures = 0  # failed calls to the store
+        self.dropped = 0  # calls never sent: refused by a full queue, or unsent at close
+        self.queued = 0  # calls held back by an outage
+        self.sent_late = 0  # ... and sent once the store answered again
+        self.outages = 0
+        self._outage_s = 0.0  # the length of the outages that ended
         self._warn = warn
-        self._pending: collections.deque = collections.deque()
+        self._pending: collections.deque = collections.deque()  # (number, item)
         self._cond = threading.Condition()
-        self._failing = False
-        self._warned = False
+        self._number = 0  # of the last call queued
+        self._held_until = 0  # calls numbered up to this were held back by an outage
+        self._down_since: float | None = None  # the current outage's start (None: no outage)
+        self._held_now = 0  # calls held back by the current outage
+        self._failing = False  # the last try failed
         self._deadline: float | None = None  # set by close(): give up retrying after it
         self._thread = threading.Thread(target=self._work, name="samdetr-mlflow", daemon=True)
         self._thread.start()
+        self._retries = _RetryWarnings(self._thread.ident, self._outage)
+        logging.getLogger(RETRY_LOGGER).addFilter(self._retries)
 
     def last_step(self, key: str) -> int | None:
         """The largest step logged for metric ``key``: -1 when none is, None when the store
@@ -238,24 +324,47 @@ class RunLogger:
             return not self._pending
 
     def close(self, timeout_s: float) -> None:
-        """Send what is queued (trying for at most ``timeout_s``), then stop the thread."""
+        """Send what is queued (trying for at most ``timeout_s``), then stop the thread; what
+        is still unsent is lost (counted, and said)."""
         with self._cond:
             self._deadline = time.monotonic() + timeout_s
             self._cond.notify_all()
         self._thread.join(timeout_s + 1.0)
+        logging.getLogger(RETRY_LOGGER).removeFilter(self._retries)
         with self._cond:
             left = len(self._pending)
             self._pending.clear()
-        if left:
             self.dropped += left
-            self._warn(f"warning: {left} MLflow logging call(s) could not be sent and are lost")
+            if self._down_since is not None:
+                self._outage_s += time.monotonic() - self._down_since
+                self._down_since = None
+        if left:
+            self._warn(f"warning: {left} MLflow logging call(s) could not be sent to {self.uri} "
+                       "and are lost")
+
+    def counts(self) -> dict[str, Any]:
+        """The logger's totals: ``outages``, ``outage_s`` (their length), ``queued`` (calls
+        held back by them), ``sent_late``, ``lost`` (never sent) and ``failures`` (failed
+        calls to the store)."""
+        with self._cond:
+            ongoing = 0.0 if self._down_since is None else time.monotonic() - self._down_since
+            return {"outages": self.outages, "outage_s": round(self._outage_s + ongoing, 1),
+                    "queued": self.queued, "sent_late": self.sent_late, "lost": self.dropped,
+                    "failures": self.failures}
 
     def _put(self, item: tuple) -> None:
         with self._cond:
+            self._number += 1
+            held = self._failing
+            if held:
+                self.queued += 1
+                self._held_now += 1
             if len(self._pending) >= self.max_pending:
                 self.dropped += 1
                 return
-            self._pending.append(item)
+            self._pending.append((self._number, item))
+            if held:
+                self._held_until = self._number
             self._cond.notify_all()
 
     def _send(self, item: tuple) -> None:
@@ -272,15 +381,52 @@ class RunLogger:
     def _note_failure(self, err: BaseException) -> None:
         with self._cond:
             self.failures += 1
+        self._outage(type(err).__name__)
+
+    def _outage(self, reason: str) -> None:
+        """The store does not answer: hold back what is queued; say so if the outage is new."""
+        with self._cond:
             self._failing = True
-            first, self._warned = not self._warned, True
+            new = self._down_since is None
+            if new:
+                self.outages += 1
+                self._down_since = time.monotonic()
+                self._held_now = 0
+            unheld = [number for number, _ in self._pending if number > self._held_until]
+            self.queued += len(unheld)
+            self._held_now += len(unheld)
+            self._held_until = max([self._held_until, *unheld])
             self._cond.notify_all()
-        if first:
-            self._warn(
-                f"warning: MLflow tracking failed ({type(err).__name__}: {str(err)[:300]}); "
-                f"training goes on, and what was not logged is sent again every "
-                f"{self.retry_after_s:g}s (shown once; the count goes into the run's summary)"
-            )
+        if new:
+            self._warn(f"MLflow tracking server {self.uri} is unreachable ({reason}): training "
+                       "goes on; its metrics and pictures are queued and sent again every "
+                       f"{self.retry_after_s:g}s until it answers")
+
+    def _sent(self, number: int) -> None:
+        """Call ``number`` reached the store; say so once the calls held back are all sent."""
+        with self._cond:
+            if self._pending and self._pending[0][0] == number:
+                self._pending.popleft()
+            if number <= self._held_until:
+                self.sent_late += 1
+            self._failing = False
+            flushed = self._down_since is not None and number >= self._held_until
+            if flushed:
+                seconds = time.monotonic() - self._down_since
+                self._outage_s += seconds
+                self._down_since = None
+                held = self._held_now
+            self._cond.notify_all()
+        if flushed:
+            self._warn(self._back(held, seconds))
+
+    def _back(self, held: int, seconds: float) -> str:
+        """The console line of an outage's end."""
+        if not held:
+            return (f"MLflow tracking server {self.uri} answers again after "
+                    f"{duration(seconds)} (nothing was queued meanwhile)")
+        return (f"MLflow tracking server {self.uri} answers again: sent the {held} logging "
+                f"call(s) queued during the {duration(seconds)} outage")
 
     def _work(self) -> None:
         while True:
@@ -289,7 +435,7 @@ class RunLogger:
                     self._cond.wait()
                 if not self._pending:
                     return
-                item = self._pending[0]
+                number, item = self._pending[0]
             try:
                 self._send(item)
             except Exception as err:  # noqa: BLE001 - tracking must not stop training
@@ -302,11 +448,4 @@ class RunLogger:
                         wait = min(wait, max(0.0, self._deadline - time.monotonic()))
                     self._cond.wait(wait)
                 continue
-            with self._cond:
-                if self._pending and self._pending[0] is item:
-                    self._pending.popleft()
-                recovered, self._failing = self._failing, False
-                self._cond.notify_all()
-            if recovered:
-                self._warn("MLflow tracking answers again; sending what was kept")
-
+            self._sent(number)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.backbone_weights import check_backbone_weights
+from pipelines.backbone_weights import check_backbone_weights, share_backbone_weights
 from pipelines.cluster import check_cluster
 from pipelines.registry import log_best_model
 from pipelines.run_record import (
@@ -32,7 +32,15 @@ from pipelines.run_record import (
     refuse_changes,
     write_record,
 )
-from pipelines.tracking import check_reachable, create_run, finish_run, quietly, reopen_run
+from pipelines.tracking import (
+    check_reachable,
+    create_run,
+    duration,
+    finish_run,
+    quietly,
+    reopen_run,
+    store_client,
+)
 from pipelines.train_settings import CHECKPOINT_FILE, TrainSettings, flatten
 from pipelines.trainer import TrainJob, build_trainer
 from samdetr.engine.evaluation import manifest_summary
@@ -60,17 +68,21 @@ def check_data(settings: TrainSettings) -> dict[str, Any]:
 
 
 def run_training(settings: TrainSettings, config_yaml: str = "",
-                 callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+                 callbacks: Sequence[Any] = (),
+                 backbone_state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) the run; returns a summary with the best checkpoint and metrics.
 
     Local paths in ``settings`` are made absolute here, once, against the current folder.
     ``callbacks``: Ray Train callbacks of the run (a Tune trial passes ``TuneReportCallback``).
+    ``backbone_state``: the ImageNet weights of ``model.backbone.weights``, already read (a
+    sweep's driver reads them once for all its trials); None: read here, for a fresh run.
+    The workers load them from Ray's object store, never from disk or network themselves.
     """
     settings = settings.resolved()
     previous = previous_record(settings)
     data = check_data(settings)
-    if previous is None:  # a resumed run's checkpoint holds every weight
-        check_backbone_weights(settings.detector.model.backbone.weights)
+    if backbone_state is None and previous is None:  # a resumed run's checkpoint has them
+        backbone_state = check_backbone_weights(settings.detector.model.backbone.weights)
     if settings.tracking.enabled:  # before any minute is spent on training
         check_reachable(settings.tracking.resolved_uri())
     _connect(settings.trainer.ray_address, settings.trainer.verbose)
@@ -79,7 +91,8 @@ def run_training(settings: TrainSettings, config_yaml: str = "",
     store_record(settings, previous, run_id, uri)
     warnings: list[str] = []
     try:
-        summary = _fit(settings, data, run_id, uri, callbacks)
+        summary = _fit(settings, data, run_id, uri, callbacks,
+                       share_backbone_weights(backbone_state))
     except BaseException:
         if run_id is not None:  # whatever stopped the run, MLflow must not show it running
             quietly("mark the MLflow run FAILED", finish_run, uri, run_id, False,
@@ -141,10 +154,8 @@ def open_tracking(settings: TrainSettings, previous: RunRecord | None,
         run_id = previous.mlflow_run_id
         differences = config_differences(previous.settings, settings.to_dict())
         if differences:
-            from mlflow.tracking import MlflowClient
-
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            MlflowClient(uri).log_text(run_id, "\n".join(differences) + "\n",
+            store_client(uri).log_text(run_id, "\n".join(differences) + "\n",
                                        f"config_changes/{stamp}.txt")
     else:
         run_id = create_run(
@@ -162,7 +173,8 @@ def _say(line: str) -> None:
 
 
 def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
-         uri: str | None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+         uri: str | None, callbacks: Sequence[Any] = (), backbone: Any = None
+         ) -> dict[str, Any]:
     """Ray Train's run (with the run's epoch clock); the summary of its checkpoints."""
     from pipelines.data import EpochClock
 
@@ -171,7 +183,8 @@ def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
         checksums = {f"{split}_manifest_sha256": data[split]["manifest_sha256"]
                      for split in ("train", "val")}
         job = TrainJob(run_id, uri, data["train"]["categories"], clock.name,
-                       train_images=data["train"]["images"], data_sha256=checksums)
+                       train_images=data["train"]["images"], data_sha256=checksums,
+                       backbone_weights=backbone)
         trainer = build_trainer(settings, job, callbacks)
         start = time.perf_counter()
         return _summarise(trainer.fit(), settings, time.perf_counter() - start, job.fit_id)
@@ -195,6 +208,9 @@ def _summarise(result: Any, settings: TrainSettings, seconds: float,
         raise RuntimeError("training reported no checkpoint")
     metric = settings.trainer.checkpoint_metric
     best, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][metric])
+    queue = worker_tracking(result)
+    failures = (queue["failures"] + queue["lost"] if queue is not None
+                else _worker_tracking_failures(result.metrics or {}, fit_id))
     return {
         "run_name": settings.trainer.run_name,
         "best_checkpoint": _checkpoint_file(settings, best),
@@ -203,10 +219,19 @@ def _summarise(result: Any, settings: TrainSettings, seconds: float,
         "last_metrics": result.metrics,
         "run_path": result.path,
         "seconds": seconds,
-        "tracking_failures": _worker_tracking_failures(result.metrics or {}, fit_id),
+        "tracking_failures": failures,
+        "tracking_queue": queue,
         "best": best,  # the Ray Checkpoints, read through Ray's own API
         "latest": result.checkpoint,
     }
+
+
+def worker_tracking(result: Any) -> dict[str, Any] | None:
+    """Rank 0's MLflow logger's totals at its close (:meth:`pipelines.tracking.RunLogger.counts`,
+    which the training function returns: Ray Train's ``Result.return_value``); None when it
+    returned none (tracking off)."""
+    counts = getattr(result, "return_value", None)
+    return dict(counts) if isinstance(counts, dict) else None
 
 
 def _worker_tracking_failures(metrics: dict[str, Any], fit_id: str) -> int:
@@ -225,9 +250,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  best checkpoint   {summary['best_checkpoint']}",
         f"  latest checkpoint {summary['latest_checkpoint']}",
     ]
-    if summary.get("tracking_failures"):
-        lines.append(f"  MLflow: {summary['tracking_failures']} tracking call(s) failed "
-                     "(see the warnings above); training was not affected")
+    lines += tracking_lines(summary)
     if "mlflow_run_id" in summary:
         lines.append(f"  MLflow run {summary['mlflow_run_id']} in {summary['tracking_uri']}")
         if "model_uri" in summary:
@@ -239,6 +262,25 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"  see it: mlflow ui --backend-store-uri {summary['tracking_uri']}"
             )
     return "\n".join(lines)
+
+
+def tracking_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary's MLflow lines: rank 0's outages and its calls queued, sent late and lost,
+    then the other failed calls; empty when tracking had no trouble."""
+    queue, failures = summary.get("tracking_queue"), summary.get("tracking_failures", 0)
+    lines = []
+    if queue is not None and (queue["outages"] or queue["lost"]):
+        times = "once" if queue["outages"] == 1 else f"{queue['outages']} times"
+        down = (f"the tracking server was unreachable {times} ({duration(queue['outage_s'])} "
+                "in all): " if queue["outages"] else "")
+        lines.append(f"  MLflow: {down}{queue['queued']} logging call(s) queued, "
+                     f"{queue['sent_late']} sent late, {queue['lost']} lost; training was not "
+                     "affected")
+        failures -= queue["failures"] + queue["lost"]
+    if failures > 0:
+        lines.append(f"  MLflow: {failures} {'other ' if lines else ''}tracking call(s) failed "
+                     "(see the warnings above); training was not affected")
+    return lines
 
 
 def main() -> None:

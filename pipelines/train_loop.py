@@ -117,7 +117,7 @@ class _Progress:
     logged_epoch: int | None = None
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     settings = TrainSettings.from_dict(config["settings"])
     quiet_worker(settings.trainer.verbose)
     job = TrainJob(**{k: v for k, v in config.items() if k != "settings"})
@@ -154,6 +154,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     finally:
         if logger is not None:
             logger.close(settings.tracking.flush_timeout_s)
+    # The MLflow logger's totals after its close, for the run's summary (Result.return_value).
+    return logger.counts() if logger is not None else None
 
 
 def _progress(payload: dict[str, Any] | None, logger: Any) -> _Progress:

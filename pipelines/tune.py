@@ -35,6 +35,7 @@ def _say(line: str) -> None:
 
 def run_sweep(sweep: SweepSettings, base: TrainSettings, config_yaml: str = "") -> dict[str, Any]:
     """Run (or restore) the sweep; returns ``{"trials": [TrialOutcome], "winner", ...}``."""
+    from pipelines.backbone_weights import check_backbone_weights
     from pipelines.cluster import check_cluster
     from pipelines.console import connect
     from pipelines.tracking import check_reachable, open_parent_run
@@ -42,6 +43,9 @@ def run_sweep(sweep: SweepSettings, base: TrainSettings, config_yaml: str = "") 
 
     base = base.resolved()
     check_against(sweep, base)
+    # Read once here for every trial: the trials' drivers and workers run on other nodes,
+    # which may have no network access and no copy of the file.
+    backbone_state = check_backbone_weights(base.detector.model.backbone.weights)
     if base.tracking.enabled:
         check_reachable(base.tracking.resolved_uri())
     record = _open_record(sweep, base)
@@ -59,7 +63,7 @@ def run_sweep(sweep: SweepSettings, base: TrainSettings, config_yaml: str = "") 
     _write_record(base, sweep, record)
     check_resources(sweep, base)
     started = time.perf_counter()
-    results = fit(build_tuner(sweep, base, parent))
+    results = fit(build_tuner(sweep, base, parent, backbone_state))
     outcomes = _outcomes(results, sweep, base)
     if not outcomes:
         raise RuntimeError(f"sweep {sweep.name!r} ran no trial")

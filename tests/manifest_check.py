@@ -71,7 +71,8 @@ CORE = {("apps/v1", "Deployment"): "V1Deployment", ("v1", "Service"): "V1Service
         ("apps/v1", "StatefulSet"): "V1StatefulSet", ("v1", "Secret"): "V1Secret",
         ("v1", "ConfigMap"): "V1ConfigMap",
         ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
-        ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy"}
+        ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
+        ("batch/v1", "CronJob"): "V1CronJob"}
 PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float)}
 
 

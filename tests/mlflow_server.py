@@ -20,10 +20,16 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server`` in its own process group; ``url`` stays the same across restarts."""
+    """``mlflow server`` in its own process group; ``url`` stays the same across restarts.
 
-    def __init__(self, root: Path):
+    ``app_name`` (e.g. ``basic-auth``) is passed as ``--app-name``; ``env`` is added to the
+    server's environment (the auth app reads its config path and secret key from there)."""
+
+    def __init__(self, root: Path, *, app_name: str | None = None,
+                 env: dict[str, str] | None = None):
         self.root = Path(root)
+        self.app_name = app_name
+        self.env = dict(env or {})
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -36,9 +42,11 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]
+        if self.app_name is not None:
+            command += ["--app-name", self.app_name]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server outlives this call
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,7 +32,7 @@ import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow_server import MlflowServer  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-from train_case import TINY_MODEL, tiny_settings, write_shards  # noqa: E402
+from train_case import TINY_MODEL, tiny_settings, train_in_background, write_shards  # noqa: E402
 
 from pipelines.run_record import RECORD_FILE  # noqa: E402
 from pipelines.train import run_training  # noqa: E402
@@ -204,21 +203,6 @@ def test_local_paths_every_node_cannot_see_are_refused(cluster, tmp_path):
         _wait(lambda: _alive() == before, 60, "the node to be seen dead")
 
 
-def _train_in_background(plain: dict) -> tuple[threading.Thread, dict]:
-    """``run_training`` in a thread; ``outcome`` gets its ``summary`` or its ``error``."""
-    outcome: dict = {}
-
-    def train() -> None:
-        try:
-            outcome["summary"] = run_training(TrainSettings.from_dict(plain))
-        except BaseException as err:  # noqa: BLE001 - reported by the test
-            outcome["error"] = err
-
-    runner = threading.Thread(target=train)
-    runner.start()
-    return runner, outcome
-
-
 def _watch_and_fail(ctx, storage: Path, run_name: str, steps_per_epoch: int, copy_to: Path):
     """Once epoch 2 is a few steps in: copy the run folder (its latest checkpoint is epoch 1's),
     then remove the training worker's node and add a replacement."""
@@ -246,7 +230,7 @@ def test_node_loss_mid_epoch_resumes_like_a_clean_restart(cluster, tmp_path):
     plain = tiny_settings(train, val, str(storage), "node-loss", 3, tracking=tracking,
                           num_workers=1, worker_resources={"worker_node": 1}, max_failures=2)
     plain["data"]["batch_size"] = 2  # 12 steps per epoch
-    runner, outcome = _train_in_background(plain)
+    runner, outcome = train_in_background(plain)
     try:
         _watch_and_fail(cluster, storage, "node-loss", 12, reference)
     finally:
@@ -282,7 +266,7 @@ def test_tracking_server_down_does_not_stop_training(cluster, tmp_path):
                 "flush_timeout_s": 2.0}
     plain = tiny_settings(train, val, str(tmp_path / "ray"), "outage", 3, tracking=tracking,
                           num_workers=1)
-    runner, outcome = _train_in_background(plain)
+    runner, outcome = train_in_background(plain)
     try:
         _wait(lambda: (tmp_path / "ray" / "outage" / RECORD_FILE).is_file(), 120, "the record")
         run_id = _record(tmp_path / "ray", "outage")["mlflow_run_id"]

@@ -1,7 +1,13 @@
 """A checkpoint and the MLflow model logged from it score the same on the same shards:
-evaluation batches hold images of one size (nothing padded), as the model's predictor does."""
+evaluation batches hold images of one size (nothing padded), as the model's predictor does.
+And the command's MLflow settings: ``mlflow_experiment=``, not Hydra's ``experiment`` group."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -9,8 +15,10 @@ import pytest
 import torch
 from tiny import tiny_config
 
-from pipelines.evaluate import evaluate_checkpoint, evaluate_mlflow_model
+from pipelines.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_mlflow_model
 from pipelines.mlflow_model import log_detector_model
+from pipelines.registry import fetched_model
+from pipelines.tracking import using_store
 from samdetr.builder import build_model
 from samdetr.checkpoint import save_checkpoint
 from samdetr.data.shards import read_manifest
@@ -37,14 +45,11 @@ def case(tmp_path_factory):
                                  eval_batch_size=4,
                                  categories=[{"id": c["id"], "name": c["name"]}
                                              for c in categories])
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    try:
-        with mlflow.start_run():
-            uri = log_detector_model(checkpoint).model_uri
-    finally:
-        mlflow.set_tracking_uri(None)
+    store = f"sqlite:///{root}/mlflow.db"
+    with using_store(store), mlflow.start_run():
+        uri = log_detector_model(checkpoint).model_uri
     return {"shards": shards, "checkpoint": str(checkpoint), "uri": uri, "model": model,
-            "root": root}
+            "root": root, "store": store}
 
 
 def test_shape_batches_keep_order_and_never_mix_shapes():
@@ -75,11 +80,8 @@ def test_the_logged_model_detects_what_the_evaluation_scores(case):
 
     loader = eval_loader(case["shards"], batch_size=4, **EVAL)
     expected = {d["image_id"]: d for d in predict(case["model"], loader, torch.device("cpu"))}
-    mlflow.set_tracking_uri(f"sqlite:///{case['root']}/mlflow.db")
-    try:
-        model = mlflow.pyfunc.load_model(case["uri"])
-    finally:
-        mlflow.set_tracking_uri(None)
+    with fetched_model(case["store"], case["uri"]) as local:
+        model = mlflow.pyfunc.load_model(local)
     rows = list(iter_rows(read_manifest(case["shards"]), shard_dir=case["shards"],
                           columns=["image_id", "image"]))
     frame = pd.DataFrame({"image": [r["image"] for r in rows]})
@@ -99,11 +101,40 @@ def test_the_logged_model_detects_what_the_evaluation_scores(case):
 
 def test_checkpoint_and_registered_model_score_the_same(case):
     from_checkpoint = evaluate_checkpoint(case["checkpoint"], case["shards"])
-    mlflow.set_tracking_uri(f"sqlite:///{case['root']}/mlflow.db")
-    try:
-        from_model = evaluate_mlflow_model(case["uri"], case["shards"])
-    finally:
-        mlflow.set_tracking_uri(None)
+    with fetched_model(case["store"], case["uri"]) as local:
+        from_model = evaluate_mlflow_model(local, case["shards"])
     assert from_checkpoint.keys() == from_model.keys()
     for name, value in from_checkpoint.items():
         assert from_model[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_a_store_uri_is_refused_where_a_fetched_folder_is_needed(case):
+    """MLflow would look ``models:/`` up in its default store, not the command's."""
+    with pytest.raises(ValueError, match="not a local MLflow model folder"):
+        evaluate_mlflow_model(case["uri"], case["shards"])
+
+
+def test_the_evaluation_runs_experiment_is_mlflow_experiment():
+    from hydra import compose, initialize_config_dir
+
+    from pipelines.config_defaults import settings_dict
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        plain = settings_dict(compose(config_name="evaluate", overrides=[
+            "shards=s", "checkpoint=c.pt", "mlflow_experiment=holdout-scores"]))
+    assert EvaluateConfig(**plain).mlflow_experiment == "holdout-scores"
+    with pytest.raises(ValueError, match="mlflow_experiment must name"):
+        EvaluateConfig(shards="s", checkpoint="c.pt", mlflow_experiment="")
+
+
+@pytest.mark.parametrize("argument", ["experiment=holdout-scores", "+experiment=shapes_small"])
+def test_experiment_on_the_command_line_points_to_mlflow_experiment(argument, tmp_path):
+    """``experiment=`` is train's and tune's recipe group: here a clear refusal, not Hydra's
+    "Could not override 'experiment'" nor a recipe merged into the evaluation's settings."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.evaluate", "shards=s", "checkpoint=c.pt", argument],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+    assert "mlflow_experiment=NAME" in done.stdout and argument in done.stdout

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from manifest_check import check, load_one, problems
 
 from pipelines.config_defaults import register_defaults, settings_dict
+from pipelines.promotion import PromoteConfig
 from pipelines.submit import check_overrides
 from pipelines.submit_settings import PIPELINES
 from pipelines.train_settings import REGISTERED_MODEL, TrainSettings
@@ -23,6 +24,7 @@ from pipelines.train_settings import REGISTERED_MODEL, TrainSettings
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 KUBE = sorted((INFRA / "kuberay").glob("*.yaml")) + [INFRA / "mlflow/mlflow.yaml"]
+CLUSTERS = ["rayjob-train.yaml", "rayjob-sweep.yaml", "rayjob-promote.yaml", "raycluster.yaml"]
 # Values the shell expands in a job's entrypoint (set on the Ray pods).
 JOB_ENV = {"SAMDETR_STORAGE": "s3://bucket/samdetr"}
 
@@ -54,7 +56,7 @@ def _pods(spec: dict) -> list[dict]:
         g["template"]["spec"] for g in spec.get("workerGroupSpecs", [])]
 
 
-@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-sweep.yaml", "raycluster.yaml"])
+@pytest.mark.parametrize("name", CLUSTERS)
 def test_ray_clusters_run_the_project_image_on_gpus(name):
     document = load_one(INFRA / "kuberay" / name)
     spec = document["spec"].get("rayClusterSpec", document["spec"])
@@ -122,7 +124,8 @@ def test_entrypoints_name_real_pipelines_that_compose(name, monkeypatch):
     root = JOB_ENV["SAMDETR_STORAGE"]
     assert train.trainer.storage_path == f"{root}/ray"
     assert train.data.train_shards.startswith(f"{root}/shards/")
-    assert train.tracking.registered_model == REGISTERED_MODEL
+    # ... into the candidates model that the promotion job proposes from (docs/registry.md).
+    assert train.tracking.registered_model == _promotion().challenger_model
     # The variables the entrypoint uses are set, to the same values, on the head (where the
     # job's driver runs) and in the submitter pod (whose shell may expand them first).
     used = set(re.findall(r"\$(\w+)", spec["entrypoint"]))
@@ -147,6 +150,39 @@ def _job_settings(words: list[str]) -> TrainSettings:
     return TrainSettings.from_dict(plain)
 
 
+def _promotion() -> PromoteConfig:
+    """What infra/kuberay/rayjob-promote.yaml's command composes to."""
+    spec = load_one(INFRA / "kuberay/rayjob-promote.yaml")["spec"]
+    words = _commands(spec["entrypoint"])[0]
+    assert words[:3] == ["python", "-m", "pipelines.promote"]
+    environ = {"SAMDETR_STORAGE": JOB_ENV["SAMDETR_STORAGE"]}
+    register_defaults()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="promote", overrides=[
+            w.replace("$SAMDETR_STORAGE", environ["SAMDETR_STORAGE"]) for w in words[3:]])
+    return PromoteConfig(**settings_dict(cfg))
+
+
+def test_the_promotion_job_judges_candidates_as_the_promoting_user():
+    """It proposes what training registers, moves aliases of the served model, scores on
+    held-out shards under $SAMDETR_STORAGE on a GPU, with the only MLflow user that may write
+    the served model; the training jobs run as the training user."""
+    promote = _promotion()
+    assert promote.registered_model == REGISTERED_MODEL != promote.challenger_model
+    assert promote.shards == f"{JOB_ENV['SAMDETR_STORAGE']}/shards/holdout"
+    document = load_one(INFRA / "kuberay/rayjob-promote.yaml")
+    assert document["spec"]["entrypointNumGpus"] >= 1 and _gpus(_clusters()[
+        "rayjob-promote.yaml"]) >= 1
+    secrets = {name: load_one(INFRA / "kuberay" / name)["metadata"]["annotations"][
+        "samdetr.io/mlflow-secret"] for name in CLUSTERS}
+    assert secrets.pop("rayjob-promote.yaml") == "samdetr-mlflow-promote"
+    assert set(secrets.values()) == {"samdetr-mlflow-train"}
+    for name in CLUSTERS:  # every Ray pod signs in to MLflow and may reach it
+        for pod in _pods(_clusters()[name]):
+            assert {"secretRef": {"name": secrets.get(name, "samdetr-mlflow-promote")}} in \
+                pod["containers"][0]["envFrom"]
+
+
 def test_a_job_with_another_global_batch_is_refused(monkeypatch):
     monkeypatch.setenv("SAMDETR_STORAGE", JOB_ENV["SAMDETR_STORAGE"])
     words = _commands(load_one(INFRA / "kuberay/rayjob-train.yaml")["spec"]["entrypoint"])[0]
@@ -156,7 +192,7 @@ def test_a_job_with_another_global_batch_is_refused(monkeypatch):
 
 def _clusters() -> dict[str, dict]:
     out = {}
-    for name in ("rayjob-train.yaml", "rayjob-sweep.yaml", "raycluster.yaml"):
+    for name in CLUSTERS:
         document = load_one(INFRA / "kuberay" / name)
         out[name] = document["spec"].get("rayClusterSpec", document["spec"])
     return out
@@ -186,7 +222,7 @@ def _auth_problems(spec: dict) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-sweep.yaml", "raycluster.yaml"])
+@pytest.mark.parametrize("name", CLUSTERS)
 def test_token_auth_reaches_every_container_that_talks_to_the_gcs(name):
     assert _auth_problems(_clusters()[name]) == []
 
@@ -206,7 +242,7 @@ def test_the_auth_check_finds_auth_set_by_hand():
         "spec.authOptions.mode: expected one of ['disabled', 'token'], got 'on'"]
 
 
-@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-sweep.yaml", "raycluster.yaml"])
+@pytest.mark.parametrize("name", CLUSTERS)
 def test_every_pod_can_pull_from_a_private_registry(name):
     document = load_one(INFRA / "kuberay" / name)
     secret = document["metadata"]["annotations"]["samdetr.io/pull-secret"]

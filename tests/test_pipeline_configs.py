@@ -86,48 +86,43 @@ def fingerprint(config_name: str, overrides: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# Fingerprints of the configs composed from conf/ (first taken at commit 47a7925, where every
-# default was restated in YAML; since then the new fields model.backbone.last_stage,
-# tracking.parent_run_id, trainer.checkpoint_metric, model.roi_align,
-# model.attention_kernel and the multiscale fields, the recipes experiment=shapes_small and
-# sam_detr_r50_ms*,
-# conf/study.yaml and conf/tune.yaml), with
-# MLFLOW_TRACKING_URI and SAMDETR_STORAGE unset.
-# A deliberate change of a composed config changes its fingerprint: update it here then.
+# Fingerprints of the configs composed from conf/, with MLFLOW_TRACKING_URI and SAMDETR_STORAGE
+# unset: a change to what a command composes to shows here. A deliberate change of a composed
+# config changes its fingerprint: update it here then.
 FINGERPRINTS = {
-    "train": "9bd7856ecdfbd771",
-    "train experiment=shapes_small": "4e902bb9991f5399",
-    "train experiment=sam_detr_r50_dc5_e12": "f8058cbcc810a8ad",
-    "train experiment=sam_detr_r50_dc5_e50": "d8ca9bbe4613ec73",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "02862001f5ca59ce",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "5f2b557007cb48e3",
-    "train experiment=sam_detr_r50_e12": "269a6ef951f27fea",
-    "train experiment=sam_detr_r50_e50": "48204fd6934ec927",
-    "train experiment=sam_detr_r50_smca_e12": "c6ee0527b5147186",
-    "train experiment=sam_detr_r50_smca_e50": "5e65cf00466b10c1",
-    "train model=baseline_r50": "210d4e83992f7b21",
-    "train model=sam_detr_r50": "5143a4376a0627c6",
-    "train model=sam_detr_r50_dc5": "83db6978f272242c",
-    "train model=sam_detr_r50_dc5_smca": "0e876214d3d734a8",
-    "train model=sam_detr_r50_smca": "cd6d2cc6623442a5",
-    "train data=coco128": "f1298a1e2da5d237",
-    "train data=coco2017": "290b57cffbe175ff",
-    "train trainer=gpu": "61447bb7a8090c0d",
-    "train tracking=server": "b580aac939ca394f",
+    "train": "cad9b1d55a5fbd86",
+    "train experiment=shapes_small": "8baec8eddb517ca4",
+    "train experiment=sam_detr_r50_dc5_e12": "e9fa2b538c8ec9e1",
+    "train experiment=sam_detr_r50_dc5_e50": "ac041ccd5d2696d2",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "8da131856902e871",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "be846504e61d3f78",
+    "train experiment=sam_detr_r50_e12": "600670d9d17595ba",
+    "train experiment=sam_detr_r50_e50": "5987e2383b2180c1",
+    "train experiment=sam_detr_r50_smca_e12": "18e9f1199f5a13d4",
+    "train experiment=sam_detr_r50_smca_e50": "8485a50d332e751e",
+    "train model=baseline_r50": "739d07e3c8163606",
+    "train model=sam_detr_r50": "06f5367691ab6dc8",
+    "train model=sam_detr_r50_dc5": "3d5b86b88c586aaa",
+    "train model=sam_detr_r50_dc5_smca": "8b8698989c5c0d19",
+    "train model=sam_detr_r50_smca": "910ff33c7cae6e10",
+    "train data=coco128": "cce4b3a7a22e616c",
+    "train data=coco2017": "6bd1ef8452d6576c",
+    "train trainer=gpu": "8baa1115637515aa",
+    "train tracking=server": "99eeedc5685952a7",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "83975b7e356c6677",
+        "c5054bdf21800240",
     "preprocess": "e4f3779aab0ea1d9",
     "preprocess data=synthetic split=val": "84dd83cb6188b853",
     "preprocess data=coco2017 split=val": "6980c482e6d367d3",
-    "evaluate shards=x": "1d2e693a3b8960b4",
-    "promote shards=x": "9b342e7ac06f12b3",
-    "submit": "26ac1eabb9a52c1d",
+    "evaluate shards=x": "69905cf1de6d00b1",
+    "promote shards=x": "d557713e4f732d01",
+    "submit": "5eb3490e066d041b",
     "make_synthetic": "6bf71df80590184c",
-    "study": "79d97b927e25f673",
-    "tune": "fd1a8dca68524ee2",
-    "tune sweep=m_smca_lr": "7a5832a95c05eedc",
+    "study": "83e27dac121cdaaf",
+    "tune": "89f3db9c2a7c5f55",
+    "tune sweep=m_smca_lr": "cd14be81f19e3d27",
     "tune experiment=sam_detr_r50_e12 data=coco2017 trainer=gpu tracking=server":
-        "043e131c724029e6",
+        "37f13d7593b31f13",
 }
 
 
@@ -194,3 +189,24 @@ def test_one_override_moves_every_output(config_name, data, tmp_path):
 def test_outputs_by_default(config_name):
     cfg = _compose(config_name, ["shards=x"] if config_name == "evaluate" else [], True)
     assert _run_dir(cfg).startswith(f"outputs/hydra/{config_name}/")
+
+
+# --- one registered model --------------------------------------------------------------------
+def test_one_registered_model_name_flows_from_training_to_promotion(monkeypatch, tmp_path):
+    """What train (tracking=server), the sweep and the demo register is what promote moves."""
+    from pipelines.demo import _settings as demo_settings
+    from pipelines.promotion import PromoteConfig
+    from pipelines.train_settings import REGISTERED_MODEL
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registered = {
+        "train tracking=server": settings_dict(_compose("train", ["tracking=server"])),
+        "tune": settings_dict(_compose("tune", [])),
+        "tune (cluster)": settings_dict(_compose("tune", [
+            "experiment=sam_detr_r50_e12", "data=coco2017", "trainer=gpu", "tracking=server"])),
+    }
+    names = {key: value["tracking"]["registered_model"] for key, value in registered.items()}
+    names["demo"] = demo_settings(tmp_path, None, 2, False)[0].tracking.registered_model
+    promote = PromoteConfig(**settings_dict(_compose("promote", ["shards=x"])))
+    names["promote"] = promote.registered_model
+    assert set(names.values()) == {REGISTERED_MODEL}, names

@@ -18,6 +18,7 @@ from tiny import tiny_config
 
 from pipelines.mlflow_model import log_detector_model
 from pipelines.predict import PredictConfig, run_predict
+from pipelines.tracking import store_client, using_store
 from samdetr.builder import build_model
 from samdetr.checkpoint import save_checkpoint
 from samdetr.data.storage import list_files
@@ -90,16 +91,12 @@ def test_globs_lists_and_the_threshold(case, tmp_path):
 
 def test_a_registered_model_predicts_what_its_checkpoint_predicts(case, tmp_path):
     uri = f"sqlite:///{case['root']}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run():
-            log_detector_model(case["checkpoint"], registered_model_name="predict-test")
-        mlflow.MlflowClient(uri).set_registered_model_alias("predict-test", "champion", "1")
-        run_predict(PredictConfig(model_uri="models:/predict-test@champion",
-                                  images=str(case["photos"]), output=str(tmp_path / "m"),
-                                  score_threshold=0.0, pictures=False))
-    finally:
-        mlflow.set_tracking_uri(None)
+    with using_store(uri), mlflow.start_run():
+        log_detector_model(case["checkpoint"], registered_model_name="predict-test")
+    store_client(uri).set_registered_model_alias("predict-test", "champion", "1")
+    run_predict(PredictConfig(model_uri="models:/predict-test@champion",
+                              images=str(case["photos"]), output=str(tmp_path / "m"),
+                              score_threshold=0.0, pictures=False, tracking_uri=uri))
     run_predict(PredictConfig(checkpoint=case["checkpoint"], images=str(case["photos"]),
                               output=str(tmp_path / "c"), score_threshold=0.0, pictures=False))
     assert (tmp_path / "m/results.json").read_text() == (tmp_path / "c/results.json").read_text()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -65,6 +69,7 @@ def test_refusals_name_the_version_and_the_reason():
     ({"threshold": 2}, "threshold must be a number in [0, 1]"),
     ({"champion_alias": "challenger"}, "the three aliases must differ"),
     ({"registered_model": ""}, "registered_model must be a non-empty string"),
+    ({"mlflow_experiment": " "}, "mlflow_experiment must be a non-empty string"),
     ({"rollback": "yes"}, "rollback must be true or false"),
     ({"batch_size": 0}, "batch_size must be a positive integer"),
 ])
@@ -75,3 +80,26 @@ def test_bad_settings_get_clear_errors(changes, message):
 
 def test_a_rollback_needs_no_shards():
     assert PromoteConfig(registered_model="m", rollback=True).shards is None
+
+
+def test_the_evaluation_runs_experiment_is_mlflow_experiment():
+    from hydra import compose, initialize_config_dir
+
+    from pipelines.config_defaults import register_defaults, settings_dict
+
+    register_defaults()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        plain = settings_dict(compose(config_name="promote", overrides=[
+            "shards=s", "mlflow_experiment=gate"]))
+    assert PromoteConfig(**plain).mlflow_experiment == "gate"
+
+
+def test_experiment_on_the_command_line_points_to_mlflow_experiment(tmp_path):
+    """``experiment=`` is train's and tune's recipe group: a clear refusal (status 2)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.promote", "shards=s", "experiment=gate"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+    assert "[promote] 'experiment=gate'" in done.stdout and "mlflow_experiment=NAME" in done.stdout

@@ -248,3 +248,28 @@ def _post(url: str, body: dict) -> dict:
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
+
+
+def test_a_candidate_from_another_model_is_copied_in_then_judged(registry):
+    """challenger_model: training registers into a candidates model; promotion copies the
+    proposed version into the served model (once) and moves aliases there only."""
+    client, candidates, served = registry["client"], "registry-candidates", "registry-served"
+    with mlflow.start_run(run_name="train"):
+        version = str(log_detector_model(registry["good"], registered_model_name=candidates)
+                      .registered_model_version)
+    client.set_registered_model_alias(candidates, "challenger", version)
+    config = PromoteConfig(registered_model=served, challenger_model=candidates,
+                           shards=registry["holdout"])
+    out = run_promote(config)
+    assert out["decision"] == "promoted", out
+    aliases = client.get_registered_model(served).aliases
+    copy = client.get_model_version(served, aliases["champion"])
+    assert copy.source == f"models:/{candidates}/{version}"
+    assert aliases["challenger"] == copy.version
+    assert copy.tags["promotion.decision"] == "promoted"
+    assert dict(client.get_registered_model(candidates).aliases) == {"challenger": version}
+    again = run_promote(config)  # the same candidate: the copy is reused, nothing moves
+    assert again["decision"] == "unchanged"
+    assert len(client.search_model_versions(f"name = '{served}'")) == 1
+    with pytest.raises(ValueError, match="challenger_model must name another registered model"):
+        PromoteConfig(registered_model=served, challenger_model=served, shards="x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,22 @@ def tiny_settings(train: str, val: str, storage: str, run_name: str, epochs: int
         },
         "tracking": tracking if tracking is not None else {"enabled": False},
     }
+
+
+def train_in_background(plain: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """``run_training`` of ``plain`` in a started thread; ``outcome`` gets its ``summary`` or
+    its ``error`` (for tests that act on the run while it trains: a node lost, a server down)."""
+    from pipelines.train import run_training
+    from pipelines.train_settings import TrainSettings
+
+    outcome: dict[str, Any] = {}
+
+    def train() -> None:
+        try:
+            outcome["summary"] = run_training(TrainSettings.from_dict(plain))
+        except BaseException as err:  # noqa: BLE001 - reported by the test
+            outcome["error"] = err
+
+    runner = threading.Thread(target=train)
+    runner.start()
+    return runner, outcome
