@@ -207,7 +207,9 @@ def _summarise(result: Any, settings: TrainSettings, seconds: float,
     if not result.best_checkpoints:
         raise RuntimeError("training reported no checkpoint")
     metric = settings.trainer.checkpoint_metric
-    best, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][metric])
+    # Ties go to the later epoch, as Ray Train ranks its checkpoints (the kept best is that one).
+    best, best_metrics = max(result.best_checkpoints,
+                             key=lambda pair: (pair[1][metric], pair[1]["epoch"]))
     queue = worker_tracking(result)
     failures = (queue["failures"] + queue["lost"] if queue is not None
                 else _worker_tracking_failures(result.metrics or {}, fit_id))

@@ -244,7 +244,9 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float],
                 history: list[dict[str, Any]]) -> str:
     """Rank 0's summary of an epoch, with the best AP so far (``history`` includes this
     epoch, and on a resume the epochs before it)."""
-    best = max(history, key=lambda entry: entry["AP"])
+    # Ties go to the later epoch, as Ray Train's checkpoint ranking (and so the run's summary
+    # and its registered model) breaks them.
+    best = max(history, key=lambda entry: (entry["AP"], entry["epoch"]))
     return (
         f"epoch {epoch + 1}/{epochs}: loss {metrics['loss']:.3f} AP {metrics['AP']:.4f} "
         f"AP50 {metrics['AP50']:.4f} (best AP {best['AP']:.4f}, epoch {best['epoch'] + 1}) "
