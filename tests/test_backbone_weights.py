@@ -72,26 +72,3 @@ def test_training_refuses_at_start_before_ray(tmp_path):
     with pytest.raises(ValueError, match="neither an existing file"):
         run_training(TrainSettings.from_dict(plain))
     assert not (tmp_path / "ray").exists()  # nothing was started or written
-
-
-@pytest.mark.slow
-def test_workers_load_the_weights_the_driver_read(tmp_path):
-    """The driver reads the ImageNet weights; the Ray Train workers get them from the object
-    store. The weights name points at a file that does not exist: a worker that read it
-    itself would fail, so the run finishing proves no worker did (what a GPU node without
-    network access or the file needs)."""
-    from samdetr.checkpoint import load_checkpoint
-
-    plain = tiny_settings(write_shards(tmp_path, "train", 4, seed=0),
-                          write_shards(tmp_path, "val", 2, seed=1), str(tmp_path / "ray"),
-                          "shared-weights", 1)
-    plain["model"]["backbone"] = {"name": "resnet18", "trainable_layers": 0,
-                                  "weights": str(tmp_path / "only-on-the-driver.pth")}
-    torch.manual_seed(3)
-    state = torchvision.models.resnet18().state_dict()
-    summary = run_training(TrainSettings.from_dict(plain), backbone_state=state)
-    model, _, _ = load_checkpoint(summary["best_checkpoint"])
-    # trainable_layers=0: the trunk is frozen, so it still holds exactly what was shared.
-    assert torch.equal(model.backbone.body.conv1.weight, state["conv1.weight"])
-    assert torch.equal(model.backbone.body.layer4[1].conv2.weight,
-                       state["layer4.1.conv2.weight"])

@@ -195,3 +195,27 @@ def test_a_multiscale_model_trains_logs_and_serves_through_the_pipeline(workspac
                                          tracking_uri=ws["uri"], record=False))
     for key in ("AP", "AP50", "AR100"):
         assert served["metrics"][key] == pytest.approx(checkpoint["metrics"][key], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_workers_load_the_imagenet_weights_the_driver_read(workspace, tmp_path):
+    """The driver reads the ImageNet weights; the Ray Train workers get them from the object
+    store. The weights name points at a file that does not exist: a worker that read it
+    itself would fail, so the run finishing proves no worker did (what a GPU node without
+    network access or the file needs)."""
+    import torchvision
+
+    from samdetr.checkpoint import load_checkpoint
+
+    plain = tiny_settings(workspace["train"], workspace["val"], str(tmp_path / "ray"),
+                          "shared-weights", 1)
+    plain["model"]["backbone"] = {"name": "resnet18", "trainable_layers": 0,
+                                  "weights": str(tmp_path / "only-on-the-driver.pth")}
+    torch.manual_seed(3)
+    state = torchvision.models.resnet18().state_dict()
+    summary = run_training(TrainSettings.from_dict(plain), backbone_state=state)
+    model, _, _ = load_checkpoint(summary["best_checkpoint"])
+    # trainable_layers=0: the trunk is frozen, so it still holds exactly what was shared.
+    assert torch.equal(model.backbone.body.conv1.weight, state["conv1.weight"])
+    assert torch.equal(model.backbone.body.layer4[1].conv2.weight,
+                       state["layer4.1.conv2.weight"])
