@@ -78,8 +78,11 @@ def test_train_resume_log_and_register_with_storage_on_s3(s3, tmp_path):
     for key in ("AP", "AP50", "AR100"):
         assert scored["metrics"][key] == pytest.approx(best[key], abs=1e-9), key
 
-    # The registered model loads and predicts with nothing but MLflow.
-    model = mlflow.pyfunc.load_model("models:/s3-detr@candidate")
+    # The registered model loads and predicts with nothing but MLflow (pointed at the store:
+    # training leaves MLflow's process-wide URIs as they were).
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", uri)
+        model = mlflow.pyfunc.load_model("models:/s3-detr@candidate")
     table = model.predict(pd.DataFrame({"image": [ShardDataset(val)[0]["image"]]}),
                           params={"num_top": 5})
     assert len(table) == 5 and set(table["image_index"]) == {0}
