@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 LOCK := infra/constraints.txt
 
-.PHONY: all venv .venv test lint demo bench constraints clean distclean
+.PHONY: all venv .venv test test-fast lint demo bench constraints clean distclean
 
 all: test
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(VPY) -m pip install --constraint $(LOCK) -e '.[pipelines,dev]'
 	touch $@
 
+# The suite in its two tiers (tests/conftest.py): the unit tier on every core, then the
+# integration tier (real Ray, servers, runs) in one process, as its fixtures need.
 test: $(STAMP)
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -m unit -n auto
+	$(VPY) -m pytest -q -m integration
+
+# The unit tier alone: a few minutes, for iterating.
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m unit -n auto
 
 lint: $(STAMP)
 	$(VPY) -m ruff check .

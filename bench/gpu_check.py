@@ -12,7 +12,7 @@ finite, gradients finite); train_bf16 (the demo's small model on synthetic shard
 DIR with train/ and val/, through samdetr.data.loader and train_one_epoch, then COCO AP); speed (R50
 sam/smca/baseline training steps in bf16 and fp32 at 4x3x800x1066 and 2x3x512x512, peak CUDA
 memory, sam eval images/s; bounded by --speed-seconds); ddp_nccl (a one-process DDP group,
-NCCL on CUDA and gloo on CPU, and the object collectives of pipelines/train_loop.py; last, so
+NCCL on CUDA and gloo on CPU, and the object collectives of pipelines/training/loop.py; last, so
 that a stuck NCCL call costs only itself).
 
 A line per part goes to stderr, the JSON to stdout and to --out (rewritten after every part, so
@@ -262,7 +262,7 @@ def ddp_nccl(args, cfg, device) -> dict:
         with torch.no_grad():
             param_diff = max(float((p - q).abs().max())
                              for p, q in zip(model.parameters(), plain.parameters(), strict=True))
-        # As pipelines/train_loop.py evaluates: detections to rank 0, scored, broadcast.
+        # As pipelines/training/loop.py evaluates: detections to rank 0, scored, broadcast.
         val = list(islice(eval_loader(str(args.shards / "val"), batch_size=4, **EVAL_TF), 2))
         detections = predict(ddp.module, val, device, autocast_dtype=torch.bfloat16)
         parts: list = [None]

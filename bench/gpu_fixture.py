@@ -1,6 +1,6 @@
 """The official-tiny fixture part of bench/gpu_check.py: the official code's numbers on a device.
 
-Read with tests/official_fixture.py (the suite's reader of the fixture) and judged with the
+Read with samdetr/official_fixture.py (the suite's reader of the fixture) and judged with the
 tolerances of tests/test_official_fixture.py (the same rules, so a GPU verdict means what a CPU
 test means).
 fixture_part(args, cfg, device, bf16) is the part: float32 with TF32 off, with verdicts, or bf16
@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
+from samdetr import official_fixture
 from samdetr.batching import pad_images
 from samdetr.builder import build_criterion
 from samdetr.engine.loop import autocast_context
 from samdetr.model.postprocess import PostProcess
 from samdetr.official import convert_state_dict, model_from_official_state
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import official_fixture  # noqa: E402  (the fixture's one reader, beside the tests)
 
 LOSS_KEYS = ("loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_bbox_0", "loss_giou_0")
 ILL_CONDITIONED = ("input_proj.", "backbone.")  # see tests/test_official_fixture.py

@@ -180,7 +180,7 @@ def preprocess_throughput(data: Path, cpus: int, copies: int, shard_mb: float) -
 import json, os, sys, tempfile, time
 from pathlib import Path
 import ray
-from pipelines.preprocess import PreprocessConfig, run_preprocess
+from pipelines.data.shards import PreprocessConfig, run_preprocess
 data = Path({str(data)!r})
 coco = json.loads((data / "annotations.json").read_text())
 images, anns = [], []

@@ -78,8 +78,8 @@ def plain_loop(train: str, epochs: int, batch_size: int) -> list[float]:
 
 def ray_train(root: Path, train: str, val: str, workers: int, epochs: int, batch: int) -> dict:
     """images/s per epoch reported by the real training pipeline (tracking off)."""
-    from pipelines.train import run_training
-    from pipelines.train_settings import TrainSettings
+    from pipelines.training.run import run_training
+    from pipelines.training.settings import TrainSettings
     from samdetr.checkpoint import read_checkpoint
 
     settings = TrainSettings.from_dict({

@@ -1,10 +1,51 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the suite's tiers.
+
+Every test is ``unit`` or ``integration`` (markers registered in pyproject.toml), decided here at
+collection: ``integration`` when it uses one of :data:`INTEGRATION_FIXTURES` (a real Ray, a
+cluster, an MLflow or S3 server, a training run) or lives in one of :data:`INTEGRATION_MODULES`
+(whose tests start those themselves, or run the commands in new interpreters); ``unit``
+otherwise. ``make test-fast`` runs the unit tier on every core; ``make test`` runs both."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+#: Fixtures that start something real and slow: a Ray instance or cluster, a server, a run.
+INTEGRATION_FIXTURES = frozenset({
+    "local_ray", "cluster", "ray_s3", "s3", "shared_server", "server", "registry", "head",
+    "workspace", "sweep", "candidate", "elsewhere",
+})
+#: Modules whose tests start Ray, servers or new interpreters in the test body.
+INTEGRATION_MODULES = frozenset({
+    "test_backbone_weights", "test_bench_from_scratch", "test_cluster", "test_console",
+    "test_entry_help", "test_epoch_clock", "test_evaluate_paths", "test_examples",
+    "test_gpu_check", "test_image", "test_imports", "test_mlflow_auth", "test_mlflow_deploy",
+    "test_mlflow_model", "test_object_store", "test_overfit", "test_predict",
+    "test_preprocess_ray", "test_promotion", "test_ray_data_training", "test_registry",
+    "test_run_identity", "test_run_storage", "test_study", "test_submit",
+    "test_sweep_scheduler", "test_tracking", "test_tracking_uri", "test_train_config",
+    "test_train_pipeline", "test_train_s3", "test_trainer", "test_tune", "test_uneven_ddp",
+})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist each worker process gets one core's worth of torch threads: two workers
+    # with torch's default (every core each) would fight over the same cores.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        heavy = module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames)
+        item.add_marker(pytest.mark.integration if heavy else pytest.mark.unit)
+
 
 # The read-only shared folder sits beside the repository: <repo>/../shared
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"

@@ -15,8 +15,8 @@ from unittest import mock
 
 import yaml
 
-from pipelines.submit import check_overrides, load_settings
-from pipelines.submit_settings import JOB_COMMANDS, PIPELINES, split_command
+from pipelines.cli.submit import check_overrides, load_settings
+from pipelines.jobs.settings import JOB_COMMANDS, PIPELINES, split_command
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -311,7 +311,7 @@ def _check_demo(words: list[str], where: str) -> None:
     """``pipelines.demo`` takes argparse flags: parse them with its own parser, run nothing."""
     import argparse
 
-    from pipelines import demo
+    from pipelines.cli.demo import parser
 
     parse = argparse.ArgumentParser.parse_args
 
@@ -320,7 +320,7 @@ def _check_demo(words: list[str], where: str) -> None:
 
     with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_only):
         try:
-            demo.main(words)
+            parser().parse_args(words)
         except _Parsed:
             return
         except SystemExit as err:
@@ -363,7 +363,7 @@ def composed(command: Command) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pipelines.config_defaults import register_defaults
+    from pipelines.cli.config_store import register_defaults
 
     module, words = command.module, command.words
     env = dict(command.env)
@@ -428,7 +428,7 @@ def same_path(a: str, b: str) -> bool:
 
 
 def checkpoint_of(train: dict, epoch: int | None = None) -> str:
-    """The epoch folder a training run writes (pipelines/train_loop.py: epoch_NNNN)."""
+    """The epoch folder a training run writes (pipelines/training/loop.py: epoch_NNNN)."""
     trainer = train["trainer"]
     epoch = trainer["epochs"] if epoch is None else epoch
     return f"{trainer['storage_path'].rstrip('/')}/{trainer['run_name']}/epoch_{epoch:04d}"

@@ -10,9 +10,9 @@ import torch
 import torchvision
 from train_case import tiny_settings, write_shards
 
-from pipelines.backbone_weights import absolute_weights, check_backbone_weights
-from pipelines.train import run_training
-from pipelines.train_settings import TrainSettings
+from pipelines.training.backbone_weights import absolute_weights, check_backbone_weights
+from pipelines.training.run import run_training
+from pipelines.training.settings import TrainSettings
 from samdetr.builder import build_model
 from samdetr.config import BackboneConfig, ModelConfig
 

@@ -34,9 +34,9 @@ from mlflow_server import MlflowServer  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from train_case import TINY_MODEL, tiny_settings, train_in_background, write_shards  # noqa: E402
 
-from pipelines.run_record import RECORD_FILE  # noqa: E402
-from pipelines.train import run_training  # noqa: E402
-from pipelines.train_settings import TrainSettings  # noqa: E402
+from pipelines.training.run import run_training  # noqa: E402
+from pipelines.training.run_record import RECORD_FILE  # noqa: E402
+from pipelines.training.settings import TrainSettings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

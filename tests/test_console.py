@@ -1,6 +1,6 @@
 """What a training run shows on the console: by default the project's lines, a progress bar per
 epoch and Ray's warnings, none of Ray's INFO logs or pycocotools' prints; with
-``trainer.verbose`` Ray's lines come back (pipelines/console.py)."""
+``trainer.verbose`` Ray's lines come back (pipelines/common/console.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from pipelines.console import EpochBar, estimated_steps  # noqa: E402
+from pipelines.common.console import EpochBar, estimated_steps  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from train_case import tiny_settings, write_shards
-from pipelines.train import format_summary, run_training
-from pipelines.train_settings import TrainSettings
+from pipelines.training.run import format_summary, run_training
+from pipelines.training.settings import TrainSettings
 
 root = Path({root!r})
 train = write_shards(root, "train", 12, seed=0)

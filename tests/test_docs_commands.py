@@ -10,8 +10,8 @@ of :data:`PLACEHOLDERS`, :data:`ELIDED_VALUES` and :data:`ELIDED_WORD`; an all-c
 that is none of them fails the test, so nothing is skipped silently.
 
 Each command is then composed as ``--cfg job`` would: a Hydra pipeline through
-:func:`pipelines.submit.check_overrides`; ``pipelines.submit`` through
-:func:`pipelines.submit_settings.split_command`, :func:`pipelines.submit.load_settings` and
+:func:`pipelines.cli.submit.check_overrides`; ``pipelines.submit`` through
+:func:`pipelines.jobs.settings.split_command`, :func:`pipelines.cli.submit.load_settings` and
 ``check_overrides`` for the pipeline it sends; ``pipelines.demo`` (argparse) by parsing its
 flags. A failure names the file and line.
 
@@ -198,7 +198,7 @@ def test_training_sequence_registered_run_evaluate():
 
 def test_sweep_on_this_machine_feeds_predict():
     """docs/sweeps.md's sweep registers the model docs/training.md's predict reads, and
-    generates the images it runs on (pipelines/shapes_data.py: <root>/data/<split>/images
+    generates the images it runs on (pipelines/data/shapes.py: <root>/data/<split>/images
     beside <root>/shards/<split>)."""
     tune = composed(find("docs/sweeps.md", "tune", exact=True))
     tune_uri = model_uri(tune["tracking"]["registered_model"], tune["sweep"]["alias"])

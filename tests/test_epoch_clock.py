@@ -15,7 +15,7 @@ from ray._private import state  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.data import DataContext  # noqa: E402
 
-from pipelines.data import (  # noqa: E402
+from pipelines.data.ingest import (  # noqa: E402
     EpochClock,
     _planned_epoch,
     training_dataset,

@@ -15,10 +15,10 @@ import pytest
 import torch
 from tiny import tiny_config
 
-from pipelines.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_mlflow_model
-from pipelines.mlflow_model import log_detector_model
-from pipelines.registry import fetched_model
-from pipelines.tracking import using_store
+from pipelines.common.tracking import using_store
+from pipelines.inference.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_mlflow_model
+from pipelines.registry.mlflow_model import log_detector_model
+from pipelines.registry.register import fetched_model
 from samdetr.builder import build_model
 from samdetr.checkpoint import save_checkpoint
 from samdetr.data.shards import read_manifest
@@ -117,7 +117,7 @@ def test_a_store_uri_is_refused_where_a_fetched_folder_is_needed(case):
 def test_the_evaluation_runs_experiment_is_mlflow_experiment():
     from hydra import compose, initialize_config_dir
 
-    from pipelines.config_defaults import settings_dict
+    from pipelines.cli.config_store import settings_dict
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

@@ -15,11 +15,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from manifest_check import check, load_one, problems
 
-from pipelines.config_defaults import register_defaults, settings_dict
-from pipelines.promotion import PromoteConfig
-from pipelines.submit import check_overrides
-from pipelines.submit_settings import PIPELINES
-from pipelines.train_settings import REGISTERED_MODEL, TrainSettings
+from pipelines.cli.config_store import register_defaults, settings_dict
+from pipelines.cli.submit import check_overrides
+from pipelines.jobs.settings import PIPELINES
+from pipelines.promotion.gate import PromoteConfig
+from pipelines.training.settings import REGISTERED_MODEL, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

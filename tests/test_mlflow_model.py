@@ -19,7 +19,7 @@ from mlflow.models import Model
 from PIL import Image
 from tiny import tiny_config
 
-from pipelines.mlflow_model import SIGNATURE, log_detector_model, pip_requirements
+from pipelines.registry.mlflow_model import SIGNATURE, log_detector_model, pip_requirements
 from samdetr.builder import build_model
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
 from samdetr.inference import TABLE_COLUMNS, Predictor, detections_table

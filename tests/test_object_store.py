@@ -23,8 +23,8 @@ from coco_subset import write_coco_subset  # noqa: E402
 from mlflow_server import free_port  # noqa: E402
 from s3_server import moto_s3  # noqa: E402
 
-from pipelines.data import shard_dataset, training_dataset  # noqa: E402
-from pipelines.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
+from pipelines.data.ingest import shard_dataset, training_dataset  # noqa: E402
+from pipelines.data.shards import PreprocessConfig, run_preprocess  # noqa: E402
 from samdetr.data import storage  # noqa: E402
 from samdetr.data.coco_source import load_annotations  # noqa: E402
 from samdetr.data.shards import ShardDataset, iter_rows, read_manifest, verify_shards  # noqa: E402

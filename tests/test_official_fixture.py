@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from official_fixture import (
+from torch.testing import assert_close
+
+from samdetr.batching import pad_images
+from samdetr.builder import build_criterion
+from samdetr.model.postprocess import PostProcess
+from samdetr.official import convert_state_dict
+from samdetr.official_fixture import (
     grad_keys,
     inputs,
     load_as_official_checkpoint,
@@ -17,12 +23,6 @@ from official_fixture import (
     official_state_dict,
     reference,
 )
-from torch.testing import assert_close
-
-from samdetr.batching import pad_images
-from samdetr.builder import build_criterion
-from samdetr.model.postprocess import PostProcess
-from samdetr.official import convert_state_dict
 
 VARIANTS = ["base", "smca"]
 # Gradients of tensors upstream of the encoder's self-attention are ill-conditioned for these

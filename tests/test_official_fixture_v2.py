@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from official_fixture import (
+from torch.testing import assert_close
+
+from samdetr.batching import pad_images
+from samdetr.builder import build_criterion
+from samdetr.model.postprocess import PostProcess
+from samdetr.official import convert_state_dict
+from samdetr.official_fixture import (
     grad_keys,
     inputs,
     load_as_official_checkpoint,
@@ -22,12 +28,6 @@ from official_fixture import (
     official_state_dict_v2,
     reference,
 )
-from torch.testing import assert_close
-
-from samdetr.batching import pad_images
-from samdetr.builder import build_criterion
-from samdetr.model.postprocess import PostProcess
-from samdetr.official import convert_state_dict
 
 VARIANTS = ["base", "smca", "ms", "ms_smca"]
 LAYERS = 6

@@ -1,7 +1,7 @@
 """The Hydra configs compose into valid settings, and make_synthetic's entry point works.
 
 The YAML under conf/ states only what differs from the dataclass defaults (the ``<group>/base``
-nodes of :mod:`pipelines.config_defaults`), yet composes to exactly the configs it composed to
+nodes of :mod:`pipelines.cli.config_store`), yet composes to exactly the configs it composed to
 when it restated them; and ``output_root`` (conf/paths.yaml) is the one place outputs go.
 """
 
@@ -19,9 +19,9 @@ pytest.importorskip("hydra")
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 
-from pipelines import make_synthetic  # noqa: E402
-from pipelines.config_defaults import register_defaults, settings_dict  # noqa: E402
-from pipelines.preprocess import PreprocessConfig  # noqa: E402
+from pipelines.cli.config_store import register_defaults, settings_dict  # noqa: E402
+from pipelines.data.shards import PreprocessConfig  # noqa: E402
+from pipelines.data.synthetic import write_synthetic  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ENTRY_POINTS = ("train", "preprocess", "evaluate", "make_synthetic", "tune", "predict",
@@ -59,10 +59,10 @@ def test_bad_override_is_rejected():
 
 def test_make_synthetic_entry(tmp_path):
     cfg = _compose("make_synthetic", [f"out_dir={tmp_path}", "num_images=5"])
-    summary = make_synthetic.run(settings_dict(cfg))
+    summary = write_synthetic(settings_dict(cfg))
     assert summary["num_images"] == 5 and (tmp_path / "annotations.json").is_file()
     with pytest.raises(ValueError, match="make_synthetic: unknown field"):
-        make_synthetic.run({"out_dir": str(tmp_path), "num_images": 1, "colour": "red"})
+        write_synthetic({"out_dir": str(tmp_path), "num_images": 1, "colour": "red"})
 
 
 # --- the composed configs are those of the YAML that restated every default ------------------
@@ -194,9 +194,9 @@ def test_outputs_by_default(config_name):
 # --- one registered model --------------------------------------------------------------------
 def test_one_registered_model_name_flows_from_training_to_promotion(monkeypatch, tmp_path):
     """What train (tracking=server), the sweep and the demo register is what promote moves."""
-    from pipelines.demo import _settings as demo_settings
-    from pipelines.promotion import PromoteConfig
-    from pipelines.train_settings import REGISTERED_MODEL
+    from pipelines.cli.demo import demo_settings
+    from pipelines.promotion.gate import PromoteConfig
+    from pipelines.training.settings import REGISTERED_MODEL
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     registered = {

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from tiny import tiny_config
 
-from pipelines.mlflow_model import log_detector_model
-from pipelines.predict import PredictConfig, run_predict
-from pipelines.tracking import store_client, using_store
+from pipelines.common.tracking import store_client, using_store
+from pipelines.inference.predict import PredictConfig, run_predict
+from pipelines.registry.mlflow_model import log_detector_model
 from samdetr.builder import build_model
 from samdetr.checkpoint import save_checkpoint
 from samdetr.data.storage import list_files

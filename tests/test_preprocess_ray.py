@@ -12,7 +12,7 @@ pytest.importorskip("ray")
 
 import ray  # noqa: E402
 
-from pipelines.preprocess import (  # noqa: E402
+from pipelines.data.shards import (  # noqa: E402
     PreprocessConfig,
     ShardProgress,
     format_summary,

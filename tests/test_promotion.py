@@ -1,4 +1,5 @@
-"""The promotion gate's rules (pipelines.promotion): the decision, the refusals, the settings."""
+"""The promotion gate's rules (pipelines.promotion.gate): the decision, the refusals, the
+settings."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.model_facts import ModelFacts
-from pipelines.promotion import PromoteConfig, decide, refusal
+from pipelines.promotion.gate import PromoteConfig, decide, refusal
+from pipelines.registry.model_facts import ModelFacts
 
 scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 CATS = [{"id": 1, "name": "square"}, {"id": 3, "name": "disc"}]
@@ -85,7 +86,7 @@ def test_a_rollback_needs_no_shards():
 def test_the_evaluation_runs_experiment_is_mlflow_experiment():
     from hydra import compose, initialize_config_dir
 
-    from pipelines.config_defaults import register_defaults, settings_dict
+    from pipelines.cli.config_store import register_defaults, settings_dict
 
     register_defaults()
     conf = Path(__file__).resolve().parents[1] / "conf"

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from ray.train import RunConfig, ScalingConfig  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
-from pipelines.data import (  # noqa: E402
+from pipelines.data.ingest import (  # noqa: E402
     EpochClock,
     EveryImageDataConfig,
     PadCollate,

@@ -21,12 +21,12 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer, free_port
 from registry_case import build_case
 
-from pipelines.evaluate import EvaluateConfig, run_evaluate
-from pipelines.evaluation_record import model_id_of
-from pipelines.mlflow_model import log_detector_model
-from pipelines.predict import PredictConfig, run_predict
-from pipelines.promote import run_promote
-from pipelines.promotion import PromoteConfig, PromotionRefused
+from pipelines.inference.evaluate import EvaluateConfig, run_evaluate
+from pipelines.inference.predict import PredictConfig, run_predict
+from pipelines.promotion.gate import PromoteConfig, PromotionRefused
+from pipelines.promotion.promote import run_promote
+from pipelines.registry.evaluation_record import model_id_of
+from pipelines.registry.mlflow_model import log_detector_model
 
 NAME = "registry-test"
 ROOT = Path(__file__).resolve().parents[1]

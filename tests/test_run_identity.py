@@ -14,20 +14,20 @@ pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 from train_case import tiny_settings  # noqa: E402
 
-from pipelines.run_record import (  # noqa: E402
+from pipelines.training.run import (  # noqa: E402
+    open_tracking,
+    previous_record,
+    run_training,
+    store_record,
+)
+from pipelines.training.run_record import (  # noqa: E402
     RECORD_FILE,
     config_differences,
     new_record,
     read_record,
     write_record,
 )
-from pipelines.train import (  # noqa: E402
-    open_tracking,
-    previous_record,
-    run_training,
-    store_record,
-)
-from pipelines.train_settings import TrainSettings  # noqa: E402
+from pipelines.training.settings import TrainSettings  # noqa: E402
 
 
 def _settings(tmp_path, storage="ray", run_name="r", **tracking) -> TrainSettings:

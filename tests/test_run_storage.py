@@ -11,7 +11,8 @@ pytest.importorskip("moto")
 
 from s3_server import moto_s3  # noqa: E402
 
-from pipelines.run_record import (  # noqa: E402
+from pipelines.common.checkpoints import HISTORY_FILE  # noqa: E402
+from pipelines.training.run_record import (  # noqa: E402
     RECORD_FILE,
     kept_checkpoints,
     list_runs,
@@ -19,7 +20,6 @@ from pipelines.run_record import (  # noqa: E402
     run_history,
     write_json,
 )
-from pipelines.train_settings import HISTORY_FILE  # noqa: E402
 
 BUCKET = "runs-test"
 
@@ -56,7 +56,7 @@ def test_a_restored_asha_reads_its_histories_from_the_store(root):
 
     from ray.tune.schedulers import TrialScheduler
 
-    from pipelines.sweep_scheduler import HISTORIES_FILE, SweepASHA
+    from pipelines.sweeps.scheduler import HISTORIES_FILE, SweepASHA
 
     write_json(f"{root}/sweep", HISTORIES_FILE, {"a": [0.5, 0.6], "b": [0.4]})
     asha = SweepASHA(f"{root}/sweep", time_attr="epochs_done", max_t=4, grace_period=1,

@@ -16,10 +16,10 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from train_case import write_shards  # noqa: E402
 
-from pipelines.config_defaults import register_defaults, settings_dict  # noqa: E402
-from pipelines.study import StudySettings, _study_fields, plan_runs, run_study  # noqa: E402
-from pipelines.study_report import BEGIN, END  # noqa: E402
-from pipelines.train_settings import TrainSettings  # noqa: E402
+from pipelines.cli.config_store import register_defaults, settings_dict  # noqa: E402
+from pipelines.studies.report import BEGIN, END  # noqa: E402
+from pipelines.studies.run import StudySettings, plan_runs, run_study, study_fields  # noqa: E402
+from pipelines.training.settings import TrainSettings  # noqa: E402
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
 
@@ -28,7 +28,7 @@ def _compose(overrides: list[str]) -> tuple[StudySettings, TrainSettings]:
     register_defaults()
     with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
         plain = settings_dict(compose(config_name="study", overrides=overrides))
-    study = StudySettings(**_study_fields(plain.pop("study")))
+    study = StudySettings(**study_fields(plain.pop("study")))
     return study, TrainSettings.from_dict(plain)
 
 

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.study import StudySettings, plan_runs
-from pipelines.study_report import (
+from pipelines.studies.report import (
     BEGIN,
     END,
     epoch_stats,
@@ -21,7 +20,8 @@ from pipelines.study_report import (
     report_section,
     results_csv,
 )
-from pipelines.train_settings import TrainSettings
+from pipelines.studies.run import StudySettings, plan_runs
+from pipelines.training.settings import TrainSettings
 
 
 def _history(values: list[float]) -> list[dict[str, float]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow_server import free_port
 
-from pipelines.shapes_data import SHAPES
+from pipelines.data.shapes import SHAPES
 from samdetr.data.synthetic import make_synthetic_coco, write_synthetic_shards
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,12 +3,13 @@ the job server's address, and clear errors for bad settings (no Ray cluster need
 
 from __future__ import annotations
 
+import ast
 import shlex
 
 import pytest
 
-from pipelines.submit import check_overrides, load_settings
-from pipelines.submit_settings import (
+from pipelines.cli.submit import check_overrides, load_settings
+from pipelines.jobs.settings import (
     PROJECT_ROOT,
     SubmitSettings,
     entrypoint,
@@ -118,10 +119,12 @@ def test_overrides_are_checked_before_anything_is_sent():
 
 @pytest.mark.parametrize("argv", [["--help"], ["-h"], ["address=x", "train", "--help"]])
 def test_help_prints_what_it_does_and_its_settings_and_exits_0(argv, capsys):
-    from pipelines.submit import run
+    from pipelines.cli.submit import run
 
-    assert run(argv) == 0
+    # The entry module's docstring is the usage it hands to run() (entries are not imported).
+    doc = ast.get_docstring(ast.parse((PROJECT_ROOT / "pipelines" / "submit.py").read_text()))
+    assert run(argv, doc) == 0
     out = capsys.readouterr().out
     assert out.startswith("Run the project's pipelines as jobs on a Ray cluster")
     assert "conf/submit.yaml" in out and "pass_env=[]" in out and "Docs: docs/cluster.md" in out
-    assert run([]) == 2  # no command: the same text, as an error
+    assert run([], doc) == 2  # no command: the same text, as an error

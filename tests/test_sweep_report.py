@@ -8,7 +8,7 @@ import io
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.sweep_report import (
+from pipelines.sweeps.report import (
     TrialOutcome,
     console_table,
     history_from_rows,

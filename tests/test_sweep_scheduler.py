@@ -13,7 +13,7 @@ pytest.importorskip("ray")
 
 from ray.tune.schedulers import TrialScheduler  # noqa: E402
 
-from pipelines.sweep_scheduler import HISTORIES_FILE, SweepASHA  # noqa: E402
+from pipelines.sweeps.scheduler import HISTORIES_FILE, SweepASHA  # noqa: E402
 
 
 def _asha(folder) -> SweepASHA:

@@ -14,8 +14,8 @@ pytest.importorskip("hydra")
 from hydra import compose, initialize_config_dir  # noqa: E402
 from ray import tune  # noqa: E402
 
-from pipelines.config_defaults import register_defaults, settings_dict  # noqa: E402
-from pipelines.sweep_settings import (  # noqa: E402
+from pipelines.cli.config_store import register_defaults, settings_dict  # noqa: E402
+from pipelines.sweeps.settings import (  # noqa: E402
     SweepSettings,
     apply_params,
     check_against,
@@ -24,8 +24,8 @@ from pipelines.sweep_settings import (  # noqa: E402
     search_space,
     trial_settings,
 )
-from pipelines.sweep_tuner import resource_warnings  # noqa: E402
-from pipelines.train_settings import TrainSettings  # noqa: E402
+from pipelines.sweeps.tuner import resource_warnings  # noqa: E402
+from pipelines.training.settings import TrainSettings  # noqa: E402
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
 M_SMCA = {
@@ -166,7 +166,7 @@ def test_trials_that_cannot_all_fit_the_cluster_are_warned_about():
 
 def test_optuna_suggests_trials_that_make_valid_settings():
     pytest.importorskip("optuna")
-    from pipelines.sweep_tuner import _search_alg
+    from pipelines.sweeps.tuner import _search_alg
 
     sweep, base = _compose(["sweep=m_smca_lr", "sweep.algorithm=optuna"])
     searcher = _search_alg(sweep)
@@ -188,7 +188,7 @@ def test_optuna_suggests_trials_that_make_valid_settings():
     ({"train_shards": "s3://b/shards/train"}, "writes local shards"),
 ])
 def test_generated_shapes_go_only_into_synthetic_shard_folders(change, message):
-    from pipelines.shapes_data import shapes_for
+    from pipelines.data.shapes import shapes_for
 
     _, base = _compose([])
     data = dataclasses.replace(base.data, **change)

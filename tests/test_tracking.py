@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow_server import MlflowServer  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines.tracking import RETRY_LOGGER, RunLogger, create_run, duration  # noqa: E402
+from pipelines.common.tracking import RETRY_LOGGER, RunLogger, create_run, duration  # noqa: E402
 
 # MLflow's HTTP client retries each request (urllib3 warns at each retry); quick retries here.
 QUICK_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -145,8 +145,8 @@ def test_a_training_run_through_an_outage_says_so_and_sums_it_up(tmp_path, monke
     import ray
     from train_case import tiny_settings, train_in_background, write_shards
 
-    from pipelines.run_record import RECORD_FILE
-    from pipelines.train import format_summary
+    from pipelines.training.run import format_summary
+    from pipelines.training.run_record import RECORD_FILE
 
     for name, value in {**QUICK_RETRIES, "RAY_AUTH_MODE": "disabled"}.items():
         monkeypatch.setenv(name, value)  # before Ray starts: its workers inherit them

@@ -4,7 +4,8 @@ folder of its own, the command runs in another folder (where MLflow's default st
 store was made and no process-wide MLflow URI is left set.
 
 One entry point per test: training's and a sweep's model logging and registration
-(:mod:`pipelines.registry`, :mod:`pipelines.sweep_tracking`), evaluate, promote (its command line,
+(:mod:`pipelines.registry.register`, :mod:`pipelines.sweeps.tracking`), evaluate, promote (its
+command line,
 as users run it) and predict; then the one resolution of a missing setting they share.
 """
 
@@ -21,13 +22,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from registry_case import build_case
 
-from pipelines.evaluate import EvaluateConfig, run_evaluate
-from pipelines.mlflow_model import log_detector_model
-from pipelines.predict import PredictConfig, run_predict
-from pipelines.registry import log_best_model
-from pipelines.sweep_tracking import register_winner
-from pipelines.tracking import URI_VARIABLES, create_run, store_client, store_uri, using_store
-from pipelines.train_settings import CHECKPOINT_FILE, TrackingSettings
+from pipelines.common.checkpoints import CHECKPOINT_FILE
+from pipelines.common.tracking import URI_VARIABLES, create_run, store_client, using_store
+from pipelines.common.tracking_settings import TrackingSettings, store_uri
+from pipelines.inference.evaluate import EvaluateConfig, run_evaluate
+from pipelines.inference.predict import PredictConfig, run_predict
+from pipelines.registry.mlflow_model import log_detector_model
+from pipelines.registry.register import log_best_model
+from pipelines.sweeps.tracking import register_winner
 from samdetr.config import known_fields
 
 NAME = "uri-test"
@@ -156,7 +158,7 @@ def test_a_missing_setting_means_the_environment_then_the_current_folder(store, 
 
 
 def test_predict_takes_tracking_uri_on_the_command_line():
-    from pipelines.config_defaults import register_defaults, settings_dict
+    from pipelines.cli.config_store import register_defaults, settings_dict
 
     register_defaults()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -1,6 +1,6 @@
 """The training configs compose into valid settings; bad settings and an unreachable MLflow
 server fail at start with clear messages. The YAML states only what differs from the dataclass
-defaults (:mod:`pipelines.config_defaults`), and every field is overridable without ``+``."""
+defaults (:mod:`pipelines.cli.config_store`), and every field is overridable without ``+``."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from pipelines.config_defaults import (  # noqa: E402
+from pipelines.cli.config_store import (  # noqa: E402
     default_classes,
     defaults_node,
     register_defaults,
     settings_dict,
 )
-from pipelines.train_settings import TrainSettings, flatten  # noqa: E402
+from pipelines.training.settings import TrainSettings, flatten  # noqa: E402
 from samdetr.config import PRESETS, preset  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -110,8 +110,8 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path, monkeypatch
     pytest.importorskip("mlflow")
     import ray
 
-    from pipelines.tracking import check_reachable
-    from pipelines.train import run_training
+    from pipelines.common.tracking import check_reachable
+    from pipelines.training.run import run_training
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     start = time.perf_counter()
@@ -131,7 +131,7 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path, monkeypatch
 
 
 def test_model_must_cover_the_data_categories(tmp_path):
-    from pipelines.train import run_training
+    from pipelines.training.run import run_training
 
     shards = _synthetic_shards(tmp_path)
     plain = _compose([

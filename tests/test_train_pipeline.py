@@ -16,9 +16,9 @@ import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from train_case import TINY_MODEL, tiny_settings, write_shards  # noqa: E402
 
-from pipelines.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
-from pipelines.train import run_training  # noqa: E402
-from pipelines.train_settings import TrainSettings  # noqa: E402
+from pipelines.inference.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
+from pipelines.training.run import run_training  # noqa: E402
+from pipelines.training.settings import TrainSettings  # noqa: E402
 from samdetr.data.shards import manifest_checksum  # noqa: E402
 
 EPOCH_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "epoch_time_s", "loss",
@@ -94,7 +94,8 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
             "predictions/epoch_002.png"} <= files
     version = client.get_model_version_by_alias("tiny-detr", "candidate")
     assert version.run_id == run_id
-    # The version names its data, categories, eval size and source run (pipelines.model_facts).
+    # The version names its data, categories, eval size and source run
+    # (pipelines.registry.model_facts).
     tags = version.tags
     assert tags["samdetr.train_manifest_sha256"] == manifest_checksum(ws["train"])
     assert tags["samdetr.val_manifest_sha256"] == manifest_checksum(ws["val"])

@@ -17,10 +17,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from s3_server import moto_s3  # noqa: E402
 from train_case import tiny_settings, write_shards  # noqa: E402
 
-from pipelines.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
-from pipelines.run_record import RECORD_FILE  # noqa: E402
-from pipelines.train import run_training  # noqa: E402
-from pipelines.train_settings import TrainSettings  # noqa: E402
+from pipelines.inference.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
+from pipelines.training.run import run_training  # noqa: E402
+from pipelines.training.run_record import RECORD_FILE  # noqa: E402
+from pipelines.training.settings import TrainSettings  # noqa: E402
 from samdetr.data.shards import ShardDataset  # noqa: E402
 
 BUCKET = "samdetr-runs"

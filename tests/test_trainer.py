@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from train_case import tiny_settings
 
-from pipelines.train_settings import TrainSettings
-from pipelines.trainer import TrainJob, build_trainer, run_config
+from pipelines.training.job import TrainJob
+from pipelines.training.settings import TrainSettings
+from pipelines.training.trainer import build_trainer, run_config
 
 
 @pytest.fixture
@@ -47,8 +48,8 @@ def test_callbacks_and_a_whole_run_config_are_not_both_taken(settings):
 def test_a_restart_without_a_checkpoint_does_not_log_an_epoch_twice(tmp_path):
     # A run stopped after logging epoch 0 but before Ray Train registered its checkpoint
     # trains epoch 0 again; what MLflow already holds is not logged again.
-    from pipelines.tracking import RunLogger, create_run
-    from pipelines.train_loop import _progress
+    from pipelines.common.tracking import RunLogger, create_run
+    from pipelines.training.loop import _progress
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = create_run(uri, "tests", "restart", {}, "")
@@ -69,7 +70,7 @@ def test_a_restart_without_a_checkpoint_does_not_log_an_epoch_twice(tmp_path):
 def test_the_epoch_line_names_the_later_of_equal_best_epochs():
     """As Ray Train ranks checkpoints of equal score (the later is kept, summarised and
     registered), so the worker's line names the later epoch."""
-    from pipelines.train_loop import _epoch_line
+    from pipelines.training.loop import _epoch_line
 
     metrics = {"loss": 1.0, "AP": 0.25, "AP50": 0.5, "images_per_s": 2.0,
                "first_batch_s": 0.1, "data_wait_share": 0.0, "epoch_time_s": 9.0}

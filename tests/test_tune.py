@@ -24,8 +24,8 @@ pytest.importorskip("mlflow")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipelines.registry import LOGGED_TAG  # noqa: E402
-from pipelines.shapes_data import SHAPES  # noqa: E402
+from pipelines.data.shapes import SHAPES  # noqa: E402
+from pipelines.registry.register import LOGGED_TAG  # noqa: E402
 from samdetr.data.shards import manifest_checksum  # noqa: E402
 from samdetr.data.synthetic import write_synthetic_shards  # noqa: E402
 
@@ -179,7 +179,7 @@ def test_the_winner_is_registered_once_as_challenger_with_its_tags(sweep):
     assert tags["sweep.parent_run_id"] == sweep["record"]["parent_run_id"]
     assert tags["samdetr.train_manifest_sha256"] == manifest_checksum(sweep["tmp"] / "shards/train")
     assert {"param.model.num_salient_points", "param.smca", "metric.AP", "metric.AP50"} <= set(tags)
-    # The model's facts (pipelines.model_facts), copied from the logged model.
+    # The model's facts (pipelines.registry.model_facts), copied from the logged model.
     assert {"samdetr.categories", "samdetr.config", "samdetr.eval_size"} <= set(tags)
     assert tags["samdetr.val_manifest_sha256"] == manifest_checksum(sweep["tmp"] / "shards/val")
     children = {c.info.run_id: c for c in _children(sweep)}

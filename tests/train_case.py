@@ -47,8 +47,8 @@ def tiny_settings(train: str, val: str, storage: str, run_name: str, epochs: int
 def train_in_background(plain: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
     """``run_training`` of ``plain`` in a started thread; ``outcome`` gets its ``summary`` or
     its ``error`` (for tests that act on the run while it trains: a node lost, a server down)."""
-    from pipelines.train import run_training
-    from pipelines.train_settings import TrainSettings
+    from pipelines.training.run import run_training
+    from pipelines.training.settings import TrainSettings
 
     outcome: dict[str, Any] = {}
 

@@ -2,7 +2,7 @@
 Parquet file, and the whole set in one process.
 
 The orchestration (which process encodes which shard) belongs to the caller: the Ray Data
-pipeline in ``pipelines/preprocess.py`` runs :func:`build_shard` for every shard in parallel, and
+pipeline in ``pipelines/data/shards.py`` runs :func:`build_shard` for every shard in parallel, and
 a plain loop works as well. Shards are planned from the image files' sizes before any is read, so
 shard contents and names depend only on the input, never on scheduling.
 

@@ -1,0 +1,379 @@
+"""The function every Ray Train worker runs: DDP training, per-epoch COCO evaluation spread
+over the workers, checkpoints, and rank 0's MLflow logging.
+
+``train_loop_config`` is the plain dict of :meth:`pipelines.training.trainer.TrainJob.loop_config`:
+``settings`` (``TrainSettings.to_dict()``) and the fields of
+:class:`pipelines.training.trainer.TrainJob`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from pipelines.common.checkpoints import CHECKPOINT_FILE, HISTORY_FILE
+from pipelines.common.console import EpochBar, estimated_steps, quiet_worker
+from pipelines.common.tracking import RunLogger
+from pipelines.data.ingest import EpochClock, PadCollate
+from pipelines.training.job import TrainJob
+from pipelines.training.pictures import picture_images, pictures_grid, unwrap
+from pipelines.training.plots import convergence_figure
+from pipelines.training.settings import TrainSettings
+from samdetr.builder import build_criterion, build_model
+from samdetr.checkpoint import read_checkpoint, save_checkpoint
+from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
+from samdetr.engine.evaluation import eval_loader, ground_truth
+from samdetr.engine.loop import StepOptions, predict, train_one_epoch
+from samdetr.engine.optim import build_optimizer, build_scheduler
+from samdetr.engine.reproducibility import rng_state, seed_everything
+from samdetr.model.criterion import distributed_mean
+from samdetr.model.postprocess import PostProcess
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by ``trainer.fail_after_epoch`` to exercise Ray Train's FailureConfig."""
+
+
+def _say(line: str) -> None:
+    # Ray Train V2 patches print() to also log it, which shows every line twice on the driver.
+    sys.stdout.write(f"[samdetr] {line}\n")
+    sys.stdout.flush()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` on every rank (a list of one without a process group)."""
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _restore(checkpoint, model, optimizer, scheduler) -> dict[str, Any] | None:
+    """Load the run's latest Ray Train checkpoint (if any) into the parts (before DDP wraps
+    the model)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        payload = read_checkpoint(os.path.join(folder, CHECKPOINT_FILE))
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    return payload
+
+
+def _evaluate(model, loader, coco_gt, device, autocast_dtype) -> dict[str, float]:
+    """Inference on this rank's share, gathered; COCOeval once on rank 0; same numbers out."""
+    detections = predict(unwrap(model), loader, device, PostProcess(100), autocast_dtype)
+    if _distributed():  # only rank 0 scores, so only rank 0 receives the detections
+        parts: list[Any] | None = [None] * dist.get_world_size() if coco_gt is not None else None
+        dist.gather_object(detections, parts, dst=0)
+        detections = [d for part in parts for d in part] if parts is not None else []
+    metrics = None
+    if coco_gt is not None:
+        metrics = evaluate_detections(coco_gt, detections)
+    if _distributed():
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics
+
+
+@dataclass
+class _Worker:
+    """What one worker trains with: its settings, place, model parts and (rank 0) logger."""
+
+    settings: TrainSettings
+    job: TrainJob
+    rank: int
+    device: torch.device
+    model: torch.nn.Module  # DDP-wrapped
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    logger: Any = None  # pipelines.common.tracking.RunLogger on rank 0 of a tracked run
+
+
+@dataclass
+class _Progress:
+    """Where the run stands: restored from the checkpoint, advanced every epoch."""
+
+    start_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False
+    # What MLflow already holds (a restart in the middle of an epoch): not logged again.
+    logged_step: int | None = None
+    logged_epoch: int | None = None
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    settings = TrainSettings.from_dict(config["settings"])
+    quiet_worker(settings.trainer.verbose)
+    job = TrainJob(**{k: v for k, v in config.items() if k != "settings"})
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":  # collectives on objects (NCCL) use the current device
+        torch.cuda.set_device(device)
+    seed_everything(settings.trainer.seed + rank)
+
+    checkpoint = ray.train.get_checkpoint()
+    # ImageNet backbone weights only for a fresh start; a checkpoint has all the weights.
+    pretrained = checkpoint is None and settings.detector.model.backbone.weights is not None
+    # As the driver read them (one read for the run; a GPU node may have no network access).
+    shared = ray.get(job.backbone_weights) if pretrained and job.backbone_weights is not None \
+        else None
+    model = build_model(settings.detector, load_pretrained=pretrained,
+                        backbone_state=shared).to(device)
+    criterion = build_criterion(settings.detector).to(device)
+    optimizer = build_optimizer(model, settings.optim)
+    scheduler = build_scheduler(optimizer, settings.optim)
+    payload = _restore(checkpoint, model, optimizer, scheduler)
+    model = ray.train.torch.prepare_model(model)
+
+    logger = None
+    if rank == 0 and job.run_id:
+
+        logger = RunLogger(job.tracking_uri, job.run_id,
+                           retry_after_s=settings.tracking.retry_after_s, warn=_say)
+    worker = _Worker(settings, job, rank, device, model, criterion, optimizer, scheduler,
+                     logger)
+    try:
+        _train(worker, _progress(payload, logger))
+    finally:
+        if logger is not None:
+            logger.close(settings.tracking.flush_timeout_s)
+    # The MLflow logger's totals after its close, for the run's summary (Result.return_value).
+    return logger.counts() if logger is not None else None
+
+
+def _progress(payload: dict[str, Any] | None, logger: Any) -> _Progress:
+    """The run's state from the restored checkpoint; on a resume, what MLflow already holds,
+    and the epochs it missed (the store was down) logged now from the checkpoint's history.
+
+    Without a checkpoint the MLflow run may still hold epochs: a run stopped after logging an
+    epoch but before Ray Train registered its checkpoint trains that epoch again, and must not
+    log it twice."""
+    if payload is None:
+        progress = _Progress()
+        if logger is not None:
+            progress.logged_step = logger.last_step("train/loss")
+            progress.logged_epoch = logger.last_step("loss")
+        return progress
+    progress = _Progress(payload["epoch"] + 1, payload["global_step"], list(payload["history"]),
+                         resumed=True)
+    if logger is not None:
+        progress.logged_step = logger.last_step("train/loss")
+        progress.logged_epoch = logger.last_step("loss")
+        if progress.logged_epoch is not None:
+            for entry in (h for h in progress.history if h["epoch"] > progress.logged_epoch):
+                logger.log_metrics({k: v for k, v in entry.items() if k != "epoch"},
+                                   entry["epoch"])
+    return progress
+
+
+def _train(worker: _Worker, progress: _Progress) -> None:
+    """The epochs still to do."""
+    settings, rank, logger = worker.settings, worker.rank, worker.logger
+    trainer, data = settings.trainer, settings.data
+    pictures = picture_images(settings) if logger is not None else []
+    coco_gt = ground_truth(data.val_shards) if rank == 0 else None
+    world_size = ray.train.get_context().get_world_size()
+    val_batches = eval_loader(
+        data.val_shards, batch_size=data.eval_batch_size, rank=rank, world_size=world_size,
+        num_workers=data.eval_loader_workers, **data.eval_transform,
+    )
+    train_shard = ray.train.get_dataset_shard("train")
+    # For the progress bar's total only: an estimate (see estimated_steps).
+    images = worker.job.train_images
+    steps = estimated_steps(images, data.batch_size, world_size) if images else None
+    if rank == 0:
+        if progress.start_epoch >= trainer.epochs:
+            _say(f"run {trainer.run_name}: all {trainer.epochs} epochs already done")
+        elif progress.resumed:
+            _say(f"run {trainer.run_name}: resuming at epoch {progress.start_epoch + 1}")
+
+    for epoch in range(progress.start_epoch, trainer.epochs):
+        # Seeding per epoch makes a resumed run draw what an uninterrupted one would.
+        seed_everything(trainer.seed + rank + 1000 * epoch)
+        if rank == 0:  # before this epoch's first batch
+            EpochClock.set_epoch(worker.job.epoch_clock, epoch)
+        start = time.perf_counter()
+        batches = _epoch_batches(train_shard, settings, epoch)
+        bar = EpochBar(epoch, trainer.epochs, steps, world_size) if rank == 0 else None
+        if worker.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(worker.device)
+        try:
+            stats = _train_epoch(worker, progress, batches, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        if worker.device.type == "cuda":
+            stats["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(worker.device) / 2**30
+        all_stats = _gather(stats)
+        worker.scheduler.step()
+        progress.global_step += all_stats[0]["steps"]
+        metrics = _evaluate(worker.model, val_batches, coco_gt, worker.device,
+                            trainer.autocast_dtype)
+        epoch_metrics = _epoch_metrics(metrics, all_stats, time.perf_counter() - start)
+        progress.history.append({"epoch": epoch, **epoch_metrics})
+        if logger is not None:
+            if progress.logged_epoch is None or epoch > progress.logged_epoch:
+                _log_epoch(worker, epoch, epoch_metrics, progress.history, pictures)
+            # Before the checkpoint: a crash after it must not lose this epoch's metrics.
+            logger.flush(settings.tracking.flush_timeout_s)
+        if rank == 0:
+            _say(_epoch_line(epoch, trainer.epochs, epoch_metrics, progress.history))
+        _report(worker, epoch, epoch_metrics, progress)
+        if trainer.fail_after_epoch == epoch and not progress.resumed and rank == 0:
+            raise InjectedFailure(f"injected after epoch {epoch} (trainer.fail_after_epoch)")
+
+
+def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float],
+                history: list[dict[str, Any]]) -> str:
+    """Rank 0's summary of an epoch, with the best AP so far (``history`` includes this
+    epoch, and on a resume the epochs before it)."""
+    # Ties go to the later epoch, as Ray Train's checkpoint ranking (and so the run's summary
+    # and its registered model) breaks them.
+    best = max(history, key=lambda entry: (entry["AP"], entry["epoch"]))
+    return (
+        f"epoch {epoch + 1}/{epochs}: loss {metrics['loss']:.3f} AP {metrics['AP']:.4f} "
+        f"AP50 {metrics['AP50']:.4f} (best AP {best['AP']:.4f}, epoch {best['epoch'] + 1}) "
+        f"{metrics['images_per_s']:.1f} img/s (first batch after {metrics['first_batch_s']:.1f}s,"
+        f" then {metrics['data_wait_share']:.0%} waiting for data) "
+        f"{metrics['epoch_time_s']:.0f}s"
+    )
+
+
+def _epoch_batches(shard: Any, settings: TrainSettings, epoch: int) -> Any:
+    """This worker's training batches of ``epoch`` from its Ray Data ``shard``."""
+    data, seed = settings.data, settings.trainer.seed
+    return shard.iter_torch_batches(
+        batch_size=data.batch_size,
+        collate_fn=PadCollate(),
+        local_shuffle_buffer_size=data.shuffle_buffer or None,
+        local_shuffle_seed=seed + epoch if data.shuffle_buffer else None,
+        prefetch_batches=2,  # keep decoded batches ready while the step runs
+    )
+
+
+def _epoch_metrics(metrics: dict[str, float], all_stats: list[dict[str, Any]],
+                   seconds: float) -> dict[str, float]:
+    """COCO metrics plus the epoch's loss and speed over all workers.
+
+    ``first_batch_s``: the longest wait of a worker for its first batch (the input pipeline's
+    start, every epoch). ``data_wait_share``: after that first batch, the largest share of a
+    worker's training time spent waiting for its next batch (the slowest-fed worker holds the
+    others up at every all-reduce). On GPUs, ``gpu_mem_peak_gib``: the largest peak of memory
+    allocated by one worker in the epoch."""
+    images = sum(s["images"] for s in all_stats)
+    weighted = sum(s["loss"] * s["batches"] for s in all_stats)
+    out = {
+        **{k: metrics[k] for k in METRIC_NAMES},
+        "loss": weighted / max(1, sum(s["batches"] for s in all_stats)),
+        "images_per_s": images / max(s["seconds"] for s in all_stats),
+        "epoch_time_s": seconds,
+        "first_batch_s": max(s["first_batch_s"] for s in all_stats),
+        "data_wait_share": max(_steady_wait_share(s) for s in all_stats),
+    }
+    peaks = [s["gpu_mem_peak_gib"] for s in all_stats if "gpu_mem_peak_gib" in s]
+    if peaks:
+        out["gpu_mem_peak_gib"] = max(peaks)
+    return out
+
+
+def _steady_wait_share(stats: dict[str, Any]) -> float:
+    """The share of a worker's epoch after its first batch spent waiting for batches."""
+    after_first = stats["seconds"] - stats["first_batch_s"]
+    return (stats["data_wait_s"] - stats["first_batch_s"]) / after_first if after_first > 0 else 0.0
+
+
+def _train_epoch(worker: _Worker, progress: _Progress, batches: Any,
+                 bar: EpochBar | None = None) -> dict[str, Any]:
+    """One epoch of DDP steps; rank 0 logs the steps MLflow does not hold yet and moves its
+    progress ``bar`` (each of its batches a step; the loss every ``log_every`` steps)."""
+    settings, logger, base = worker.settings, worker.logger, progress.global_step
+    if bar is not None:
+        batches = bar.wrap(batches)
+
+    def on_step(step: int, values: dict[str, float]) -> None:
+        if bar is not None:
+            bar.set_loss(values["loss"])
+        if logger is not None and (progress.logged_step is None
+                                   or base + step > progress.logged_step):
+            logger.log_metrics({f"train/{k}": v for k, v in values.items()}, base + step)
+
+    options = StepOptions(
+        clip_max_norm=settings.optim.clip_max_norm,
+        autocast_dtype=settings.trainer.autocast_dtype,
+        world_reduce=distributed_mean,
+        on_step=on_step,
+        log_every=settings.trainer.log_every,
+    )
+    return train_one_epoch(worker.model, worker.criterion, worker.optimizer, batches,
+                           worker.device, options)
+
+
+def _log_epoch(worker: _Worker, epoch: int, epoch_metrics: dict[str, float],
+               history: list[dict[str, Any]], pictures: list[Any]) -> None:
+
+    logger = worker.logger
+    logger.log_metrics(epoch_metrics, step=epoch)
+    logger.log_figure(convergence_figure(history), "convergence.png")
+    if pictures:
+        categories = worker.job.categories
+        grid = pictures_grid(worker.model, pictures, worker.settings, categories, worker.device)
+        if grid is not None:
+            logger.log_image(grid, f"predictions/epoch_{epoch + 1:03d}.png")
+
+
+def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _Progress) -> None:
+    """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint."""
+    settings, job = worker.settings, worker.job
+    # For the driver only, not the checkpoint: which call reported, epochs trained (a Tune
+    # scheduler's clock, unchanged by restarts), and tracking failures.
+    status: dict[str, Any] = {"fit_id": job.fit_id, "epochs_done": epoch + 1}
+    if worker.logger is not None:
+        status["tracking_failures"] = worker.logger.failures + worker.logger.dropped
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if worker.rank == 0:
+            save_checkpoint(
+                os.path.join(folder, CHECKPOINT_FILE),
+                unwrap(worker.model),
+                settings.detector,
+                optimizer=worker.optimizer.state_dict(),
+                scheduler=worker.scheduler.state_dict(),
+                epoch=epoch,
+                global_step=progress.global_step,
+                history=progress.history,
+                metrics=metrics,
+                rng=rng_state(),
+                settings=settings.to_dict(),
+                eval_transform=dict(settings.data.eval_transform),
+                eval_batch_size=settings.data.eval_batch_size,
+                categories=list(job.categories),
+                data=dict(job.data_sha256),
+                mlflow_run_id=job.run_id or "",
+            )
+            with open(os.path.join(folder, HISTORY_FILE), "w") as out:
+                json.dump(progress.history, out, default=float)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(
+            {"epoch": epoch, **metrics, **status}, checkpoint=checkpoint,
+            checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+        )
