@@ -6,7 +6,7 @@
 Parts, in this order, each timed and wrapped (a failure is recorded with its traceback and the
 next part runs): fixture_fp32 (the official-tiny fixture in float32 with TF32 off, since TF32
 rounds matmul/conv inputs to 10 bits, far above the 1e-5 tolerances: outputs, top-100, losses
-and gradients vs the official code with the tolerances of tests/test_official_fixture.py);
+and gradients vs the official code with the tolerances of tests/samdetr/test_official_fixture.py);
 fixture_bf16 (the same under bf16 autocast: diffs for information; losses must be float32 and
 finite, gradients finite); train_bf16 (the demo's small model on synthetic shards, --shards
 DIR with train/ and val/, through samdetr.data.loader and train_one_epoch, then COCO AP); speed (R50

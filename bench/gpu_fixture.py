@@ -1,7 +1,8 @@
 """The official-tiny fixture part of bench/gpu_check.py: the official code's numbers on a device.
 
 Read with samdetr/official_fixture.py (the suite's reader of the fixture) and judged with the
-tolerances of tests/test_official_fixture.py (the same rules, so a GPU verdict means what a CPU
+tolerances of tests/samdetr/test_official_fixture.py (the same rules, so a GPU verdict means what a
+CPU
 test means).
 fixture_part(args, cfg, device, bf16) is the part: float32 with TF32 off, with verdicts, or bf16
 autocast, diffs for information. Imported by gpu_check.py from the script's own folder.
@@ -23,7 +24,7 @@ from samdetr.model.postprocess import PostProcess
 from samdetr.official import convert_state_dict, model_from_official_state
 
 LOSS_KEYS = ("loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_bbox_0", "loss_giou_0")
-ILL_CONDITIONED = ("input_proj.", "backbone.")  # see tests/test_official_fixture.py
+ILL_CONDITIONED = ("input_proj.", "backbone.")  # see tests/samdetr/test_official_fixture.py
 
 
 @contextlib.contextmanager

@@ -180,7 +180,7 @@ def preprocess_throughput(data: Path, cpus: int, copies: int, shard_mb: float) -
 import json, os, sys, tempfile, time
 from pathlib import Path
 import ray
-from pipelines.data.shards import PreprocessConfig, run_preprocess
+from pipelines.data.shards import PreprocessSettings, run_preprocess
 data = Path({str(data)!r})
 coco = json.loads((data / "annotations.json").read_text())
 images, anns = [], []
@@ -191,7 +191,7 @@ for c in range({copies}):  # the same files under new ids: a bigger data set of 
 tmp = Path(tempfile.mkdtemp())
 (tmp / "ann.json").write_text(json.dumps(dict(coco, images=images, annotations=anns)))
 ray.init(num_cpus={cpus}, include_dashboard=False, log_to_driver=False)
-config = PreprocessConfig(annotations=str(tmp / "ann.json"), images=str(data / "images"),
+config = PreprocessSettings(annotations=str(tmp / "ann.json"), images=str(data / "images"),
                           output=str(tmp / "out"), shard_size_mb={shard_mb})
 start = time.perf_counter()
 manifest = run_preprocess(config)

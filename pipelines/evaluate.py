@@ -18,14 +18,13 @@ from __future__ import annotations
 import sys
 
 from pipelines.cli.config_store import settings_dict
-from pipelines.inference.evaluate import EvaluateConfig, format_metrics, run_evaluate
+from pipelines.inference.evaluate import EvaluateSettings, format_metrics, run_evaluate
 from pipelines.registry.evaluation_record import refuse_experiment_override
 
 
 def main() -> None:
     import hydra
     from omegaconf import DictConfig
-
 
     try:
         refuse_experiment_override(sys.argv[1:], "evaluate")
@@ -36,7 +35,7 @@ def main() -> None:
     @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
     def _run(cfg: DictConfig) -> None:
         plain = settings_dict(cfg)  # without output_root
-        print(format_metrics(run_evaluate(EvaluateConfig(**plain))))
+        print(format_metrics(run_evaluate(EvaluateSettings(**plain))))
 
     _run()
 

@@ -17,7 +17,7 @@ the store ``tracking_uri`` (else $MLFLOW_TRACKING_URI, else ./mlflow.db), as in 
 
 from __future__ import annotations
 
-from pipelines.inference.predict import PredictConfig, run_predict
+from pipelines.inference.predict import PredictSettings, run_predict
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     def _run(cfg: DictConfig) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         plain.pop("output_root", None)
-        run_predict(PredictConfig(**known_fields(PredictConfig, plain, "predict")))
+        run_predict(PredictSettings(**known_fields(PredictSettings, plain, "predict")))
 
     _run()
 

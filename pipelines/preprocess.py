@@ -12,7 +12,7 @@ part-way leaves a folder without one, which readers refuse as incomplete.
 from __future__ import annotations
 
 from pipelines.cli.config_store import settings_dict
-from pipelines.data.shards import PreprocessConfig, format_summary, run_preprocess
+from pipelines.data.shards import PreprocessSettings, format_summary, run_preprocess
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
         plain = settings_dict(cfg)  # without output_root
         data = plain.pop("data")
         plain["annotations"], plain["images"] = data["annotations"], data["images"]
-        manifest = run_preprocess(PreprocessConfig.from_dict(plain), progress=print)
+        manifest = run_preprocess(PreprocessSettings.from_dict(plain), progress=print)
         print(format_summary(manifest))
 
     _run()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 
 from pipelines.cli.config_store import register_defaults, settings_dict
-from pipelines.promotion.gate import PromoteConfig
+from pipelines.promotion.gate import PromoteSettings
 from pipelines.promotion.promote import format_decision, run_promote
 from pipelines.registry.evaluation_record import refuse_experiment_override
 
@@ -45,7 +45,7 @@ def main() -> None:
     def _run(cfg: DictConfig) -> None:
         plain = settings_dict(cfg)
         try:
-            out = run_promote(PromoteConfig(**known_fields(PromoteConfig, plain, "promote")))
+            out = run_promote(PromoteSettings(**known_fields(PromoteSettings, plain, "promote")))
         except ValueError as err:  # refusals and bad settings: a message, not a traceback
             print(f"[promote] {err}", flush=True)
             raise SystemExit(2) from None

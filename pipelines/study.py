@@ -26,7 +26,6 @@ def main() -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
 
-
     register_defaults()
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="study")

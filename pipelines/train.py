@@ -26,7 +26,6 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-
     register_defaults()  # the <group>/base nodes conf/ starts from
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -25,7 +25,6 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-
     register_defaults()
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="tune")

@@ -3,12 +3,12 @@
 Every test is ``unit`` or ``integration`` (markers registered in pyproject.toml), decided here at
 collection: ``integration`` when it uses one of :data:`INTEGRATION_FIXTURES` (a real Ray, a
 cluster, an MLflow or S3 server, a training run) or lives in one of :data:`INTEGRATION_MODULES`
-(whose tests start those themselves, or run the commands in new interpreters); ``unit``
-otherwise. ``make test-fast`` runs the unit tier on every core; ``make test`` runs both."""
+(whose tests start those themselves, or run the commands in new interpreters), or marked
+``@pytest.mark.integration`` by hand; ``unit`` otherwise. ``make test-fast`` runs the unit tier
+on every core; ``make test`` runs both."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -31,18 +31,11 @@ INTEGRATION_MODULES = frozenset({
 })
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Under pytest-xdist each worker process gets one core's worth of torch threads: two workers
-    # with torch's default (every core each) would fight over the same cores.
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
-
-        torch.set_num_threads(1)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if item.get_closest_marker("integration"):  # marked by hand: one test of a unit module
+            continue
         heavy = module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames)
         item.add_marker(pytest.mark.integration if heavy else pytest.mark.unit)
 

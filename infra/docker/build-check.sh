@@ -22,7 +22,7 @@
 # Writes, for infra/docker/Dockerfile:
 #   infra/docker/build-check-docker.txt   date, commit, command, wall time, size, smoke output
 #   infra/docker/image-commands.txt       where each command lives in the built image (what
-#                                         tests/test_image.py checks RUN steps against)
+#                                         tests/project/test_image.py checks RUN steps against)
 # and infra/docker/build-check-mlflow.txt for infra/mlflow/Dockerfile.
 set -euo pipefail
 
@@ -273,7 +273,7 @@ print(\"postgresql driver\", e.dialect.driver, \"boto3\", boto3.__version__, \"f
 esac
 cat "$smoke_out"
 
-# Where each command lives in the built image, for tests/test_image.py: every executable in the
+# Where each command lives in the built image, for tests/project/test_image.py: every executable in the
 # usual bin and sbin folders and in the image's PATH, and which of those folders are links.
 if [[ $name == docker ]]; then
     mnt=$(bh mount "$ctr")

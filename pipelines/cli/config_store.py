@@ -21,7 +21,7 @@ from typing import Any
 
 from pipelines.common.tracking_settings import TrackingSettings
 from pipelines.jobs.settings import SubmitSettings
-from pipelines.promotion.gate import PromoteConfig
+from pipelines.promotion.gate import PromoteSettings
 from pipelines.studies.run import StudySettings
 from pipelines.sweeps.settings import SweepSettings
 from pipelines.training.settings import DataSettings, TrainerSettings
@@ -75,10 +75,10 @@ def register_defaults() -> None:
     """Store ``<group>/base`` for every group of :func:`default_classes`, ``study/base``
     (:class:`pipelines.studies.run.StudySettings`) and ``sweep/base``
     (:class:`pipelines.sweeps.settings.SweepSettings`), and the top-level ``promote_base``
-    (:class:`pipelines.promotion.gate.PromoteConfig`, conf/promote.yaml's start) and ``submit_base``
+    (:class:`pipelines.promotion.gate.PromoteSettings`, conf/promote.yaml's start) and
+    ``submit_base``
     (:class:`pipelines.jobs.settings.SubmitSettings`, conf/submit.yaml's) (idempotent)."""
     from hydra.core.config_store import ConfigStore
-
 
     store = ConfigStore.instance()
     # study/base and sweep/base feed conf/study.yaml and conf/tune.yaml; the other groups are
@@ -86,7 +86,7 @@ def register_defaults() -> None:
     for group, cls in {**default_classes(), "study": StudySettings,
                        "sweep": SweepSettings}.items():
         store.store(group=group, name="base", node=defaults_node(cls))
-    store.store(name="promote_base", node=defaults_node(PromoteConfig))
+    store.store(name="promote_base", node=defaults_node(PromoteSettings))
     store.store(name="submit_base", node=defaults_node(SubmitSettings))
 
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from pipelines.cli.config_store import register_defaults, settings_dict
 from pipelines.common.console import connect
 from pipelines.data.shapes import shapes_shards
-from pipelines.inference.evaluate import EvaluateConfig, format_metrics, run_evaluate
+from pipelines.inference.evaluate import EvaluateSettings, format_metrics, run_evaluate
 from pipelines.training.run import format_summary as train_summary
 from pipelines.training.run import run_training
 from pipelines.training.settings import REGISTERED_MODEL, TrainSettings
@@ -65,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> None:
     print(train_summary(summary))
 
     print("== 4/4 evaluation of the best checkpoint (one process, same numbers as reported)")
-    result = run_evaluate(EvaluateConfig(
+    result = run_evaluate(EvaluateSettings(
         shards=str(out / "shards/val"), checkpoint=summary["best_checkpoint"],
         output=str(out / "metrics.json"),
     ))

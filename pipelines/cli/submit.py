@@ -46,7 +46,6 @@ def check_overrides(pipeline: str, overrides: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-
     register_defaults()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

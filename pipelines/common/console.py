@@ -60,10 +60,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-try:  # Ray Data's hook into the process that executes a Dataset
-    from ray.data._internal.execution.execution_callback import ExecutionCallback
-except ImportError:  # another Ray layout: quiet_driver leaves the callback out
-    ExecutionCallback = None
+from pipelines.common.ray_internals import ExecutionCallback, in_ray_worker, train_context_logger
 
 #: Ray Data settings that quiet mode changes, with their values when quiet.
 _QUIET_DATA = {"print_on_execution_start": False, "enable_progress_bars": False}
@@ -193,12 +190,8 @@ def quiet_worker(verbose: bool) -> None:
     rank at every ``ray.train.report``, through ``logging.getLogger(__file__)`` of its
     execution context module: outside ``ray.train``, so its LoggingConfig does not reach it.
     """
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:  # another Ray layout: nothing to quiet
-        return
-    report_logger = getattr(train_context, "logger", None)
-    if isinstance(report_logger, logging.Logger):
+    report_logger = train_context_logger()
+    if report_logger is not None:  # None: another Ray layout, nothing to quiet
         report_logger.setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
@@ -227,9 +220,7 @@ def _tqdm_ray_bar(desc: str, total: int | None, unit: str) -> Any:
 
     class _OneLineBar(tqdm_ray.tqdm):
         def _dump_state(self, force_flush: bool = False) -> None:
-            import ray
-
-            if ray._private.worker.global_worker.mode != ray.WORKER_MODE:
+            if not in_ray_worker():
                 return super()._dump_state(force_flush)  # on the driver: drawn right here
             now = time.time()
             if not force_flush and now - self._last_flush_time < self._flush_interval_s:

@@ -65,6 +65,17 @@ def using_store(uri: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def in_run(uri: str, run_id: str) -> Iterator[Any]:
+    """Run ``run_id`` of the store ``uri`` as MLflow's active run inside (for
+    ``mlflow.pyfunc.log_model``, which logs into the active run only), on :func:`using_store`.
+    Leaving ends it as MLflow's own ``start_run`` block does (FINISHED; FAILED on an error)."""
+    import mlflow
+
+    with using_store(uri), mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
 def quietly(what: str, fn: Callable[..., Any], *args: Any, prefix: str = "samdetr",
             warnings: list[str] | None = None) -> Any:
     """``fn(*args)``, with a failure turned into a printed warning (appended to ``warnings``)

@@ -26,7 +26,6 @@ def store_uri(setting: str | None) -> str:
 @dataclass(frozen=True)
 class TrackingSettings:
     """MLflow: where to log, and what to do with the final model."""
-
     enabled: bool = True
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "samdetr"

@@ -50,13 +50,11 @@ import numpy as np
 import ray
 import torch
 from ray.data import DataContext, RandomSeedConfig
-from ray.data._internal.logical.interfaces import LogicalPlan
-from ray.data._internal.logical.operators import RandomizeBlocks
-from ray.data._internal.random_config import SeedTuple
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import DataConfig
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from pipelines.common.ray_internals import SeedTuple, randomize_blocks
 from samdetr.batching import pad_images
 from samdetr.data.loader import RowDecoder
 from samdetr.data.shards import read_manifest
@@ -122,7 +120,6 @@ class EpochClock:
     its process dies. A restarted clock holds no epoch until rank 0 sets the next one, and
     reading an empty clock raises rather than guessing, so no epoch ever gets another's draws.
     """
-
     READ_TIMEOUT_S = 10.0
 
     def __init__(self, name: str, handle: Any):
@@ -214,20 +211,10 @@ class _EpochBlockOrder(RandomSeedConfig):
     Ray's own ``reseed_after_execution`` counts executions of the dataset object, and Train
     builds a new one (count 0) whenever it restarts its worker group; the epoch does not reset.
     """
-
     clock: str = ""
 
     def get_seed_tuple(self, *, data_context: DataContext) -> SeedTuple:
         return SeedTuple(seed=_order_seed(self.seed, _plan_epoch(self.clock, data_context)))
-
-
-def _randomize_block_order(
-    rows: ray.data.Dataset, seed_config: RandomSeedConfig
-) -> ray.data.Dataset:
-    # Dataset.randomize_block_order, except that it would copy seed_config into a plain
-    # RandomSeedConfig (RandomSeedConfig.create_seed_config) and lose _EpochBlockOrder.
-    op = RandomizeBlocks(seed_config=seed_config, input_dependencies=[rows._logical_plan.dag])
-    return ray.data.Dataset._from_parent(rows, LogicalPlan(op, rows.context))
 
 
 def _decode_row(
@@ -285,7 +272,9 @@ def training_dataset(
             order = RandomSeedConfig()  # a new order every execution
         else:
             order = _EpochBlockOrder(seed, clock=epoch_clock)
-        rows = _randomize_block_order(rows, order)
+        # Not Dataset.randomize_block_order: it would copy `order` into a plain RandomSeedConfig
+        # (RandomSeedConfig.create_seed_config) and lose _EpochBlockOrder.
+        rows = randomize_blocks(rows, order)
     return rows.map(
         _decode_row,
         fn_kwargs=dict(

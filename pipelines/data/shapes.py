@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.data.shards import PreprocessConfig, format_summary, run_preprocess
+from pipelines.data.shards import PreprocessSettings, format_summary, run_preprocess
 from pipelines.data.synthetic import write_synthetic
 
 # How the images look (samdetr.data.synthetic.make_synthetic_coco's keywords).
@@ -22,7 +22,6 @@ SEEDS = {"train": 0, "val": 1}  # different images in the two splits
 def shapes_shards(root: Path, counts: dict[str, int], verbose: bool = False) -> dict[str, Path]:
     """``{split: shard folder}`` under ``root/shards`` for ``counts = {split: images}``,
     generated under ``root/data`` first. Ray must be up (Ray Data writes the shards)."""
-
     folders = {}
     for split, count in counts.items():
         if split not in SEEDS:
@@ -34,7 +33,7 @@ def shapes_shards(root: Path, counts: dict[str, int], verbose: bool = False) -> 
             print(f"   {split}: {summary['num_images']} images, {summary['num_annotations']} "
                   f"boxes -> {data}", flush=True)
         if not (shards / "manifest.json").is_file():
-            manifest = run_preprocess(PreprocessConfig(
+            manifest = run_preprocess(PreprocessSettings(
                 annotations=str(data / "annotations.json"), images=str(data / "images"),
                 output=str(shards), split=split, verbose=verbose,
             ))

@@ -25,9 +25,8 @@ from samdetr.data.storage import file_sizes, is_uri, resolve_fs
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessSettings:
     """Validated settings of one preprocessing run (paths may be local or pyarrow URIs)."""
-
     annotations: str
     images: str
     output: str
@@ -52,7 +51,7 @@ class PreprocessConfig:
                 raise ValueError(f"preprocess.{name} must be true or false")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSettings:
         return cls(**known_fields(cls, data, "preprocess"))
 
 
@@ -131,8 +130,7 @@ class PreprocessPlan:
     the image and output folders as workers resolve them (URIs stay URIs); ``tasks``: one per
     shard, in shard order.
     """
-
-    config: PreprocessConfig
+    config: PreprocessSettings
     source: CocoSource
     tasks: list[ShardTask]
     fs_out: pafs.FileSystem
@@ -142,14 +140,13 @@ class PreprocessPlan:
 
 
 def run_preprocess(
-    config: PreprocessConfig, progress: Callable[[str], None] | None = None,
+    config: PreprocessSettings, progress: Callable[[str], None] | None = None,
     progress_every_s: float = 10.0,
 ) -> dict[str, Any]:
     """Write the shards and the manifest; returns the manifest (with a ``summary``).
 
     ``progress`` (e.g. ``print``) receives a start line and :class:`ShardProgress` lines.
     """
-
     start = time.perf_counter()
     plan = plan_preprocess(config)
     # Ray Data's own progress and INFO logs only with verbose: the progress lines are ours.
@@ -158,7 +155,7 @@ def run_preprocess(
     return write_preprocess_manifest(plan, results, start)
 
 
-def _prepare_output(config: PreprocessConfig) -> tuple[pafs.FileSystem, str]:
+def _prepare_output(config: PreprocessSettings) -> tuple[pafs.FileSystem, str]:
     """The output folder on its filesystem. An existing shard set is refused, or with
     ``overwrite`` loses its manifest at once, so the folder no longer looks complete."""
     fs_out, out_dir = resolve_fs(config.output, None)
@@ -173,7 +170,7 @@ def _prepare_output(config: PreprocessConfig) -> tuple[pafs.FileSystem, str]:
     return fs_out, out_dir
 
 
-def plan_preprocess(config: PreprocessConfig) -> PreprocessPlan:
+def plan_preprocess(config: PreprocessSettings) -> PreprocessPlan:
     """Prepare the output, read the annotations and plan the shards from the image sizes.
 
     ValueError in strict mode when the annotations already hold rejects.

@@ -15,7 +15,6 @@ from samdetr.data.synthetic import make_synthetic_coco
 class SyntheticSettings:
     """``conf/make_synthetic.yaml``: arguments of :func:`samdetr.data.synthetic.make_synthetic_coco`
     (which checks their values)."""
-
     out_dir: str
     num_images: int
     seed: int = 0

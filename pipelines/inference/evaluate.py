@@ -31,7 +31,7 @@ from samdetr.engine.evaluation import eval_loader, ground_truth
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateSettings:
     shards: str
     checkpoint: str | None = None
     model_uri: str | None = None
@@ -152,14 +152,13 @@ def evaluate_mlflow_model(
     return evaluate_detections(ground_truth(shards), detections)
 
 
-def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
+def run_evaluate(config: EvaluateSettings) -> dict[str, Any]:
     start = time.perf_counter()
     uri = None
     if config.checkpoint is not None:
         metrics = evaluate_checkpoint(config.checkpoint, config.shards, config.batch_size,
                                       config.device)
     else:
-
         uri = store_uri(config.tracking_uri)
         with fetched_model(uri, config.model_uri) as local:
             metrics = evaluate_mlflow_model(local, config.shards, config.batch_size,
@@ -176,7 +175,6 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "images_per_s": round(images / seconds, 2),
     }
     if config.model_uri is not None and config.record:
-
         out["evaluation_run"] = quietly("record the evaluation in MLflow", record_evaluation,
                                         config, uri, metrics, prefix="evaluate")
     if config.output:
@@ -185,7 +183,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
     return out
 
 
-def record_evaluation(config: EvaluateConfig, uri: str, metrics: dict[str, float]) -> str:
+def record_evaluation(config: EvaluateSettings, uri: str, metrics: dict[str, float]) -> str:
     """The MLflow evaluation run of ``config.model_uri`` in the store ``uri`` (and the
     version's tags); its id."""
     from samdetr.data.shards import manifest_checksum

@@ -22,14 +22,13 @@ from samdetr.data.storage import list_files, read_file
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictSettings:
     """Exactly one of ``model_uri`` (``models:/name@alias``, ``models:/name/version``,
     ``runs:/id/model``) and ``checkpoint`` (``checkpoint.pt`` or a Ray Train checkpoint folder,
     local or a URI). ``images``: a folder, a glob, a file, or a list of them, local or at URIs.
     ``tracking_uri``: the MLflow store of ``model_uri`` (None: $MLFLOW_TRACKING_URI, else
     ``sqlite:///mlflow.db`` in the current folder).
     """
-
     images: str | list[str]
     output: str
     model_uri: str | None = None
@@ -75,17 +74,15 @@ class PredictConfig:
 
 
 @contextlib.contextmanager
-def _checkpoint_of(config: PredictConfig) -> Iterator[str]:
+def _checkpoint_of(config: PredictSettings) -> Iterator[str]:
     """A local samdetr checkpoint file: the checkpoint, or the one an MLflow model carries
     (its ``checkpoint`` artifact), fetched from the command's store."""
     if config.checkpoint is not None:
-
         with local_checkpoint(config.checkpoint) as path:
             yield path
         return
     model = config.model_uri
     from mlflow.models import Model
-
 
     with fetched_model(store_uri(config.tracking_uri), model) as local:
         flavor = Model.load(local).flavors.get("python_function", {})
@@ -95,7 +92,7 @@ def _checkpoint_of(config: PredictConfig) -> Iterator[str]:
         yield os.path.join(local, artifact)
 
 
-def run_predict(config: PredictConfig) -> dict[str, Any]:
+def run_predict(config: PredictSettings) -> dict[str, Any]:
     """Detect, write the outputs; returns ``{"images", "detections", "skipped", "output"}``."""
     from samdetr.inference import Predictor
 
@@ -117,7 +114,7 @@ def run_predict(config: PredictConfig) -> dict[str, Any]:
     return summary
 
 
-def _detect_all(predictor: Any, files: Sequence[str], config: PredictConfig,
+def _detect_all(predictor: Any, files: Sequence[str], config: PredictSettings,
                 out: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Read, decode and detect image by image group (a progress bar over the images)."""
     from tqdm import tqdm
@@ -142,7 +139,7 @@ def _detect_all(predictor: Any, files: Sequence[str], config: PredictConfig,
     return records, skipped
 
 
-def _load(files: Sequence[str], config: PredictConfig,
+def _load(files: Sequence[str], config: PredictSettings,
           skipped: list[tuple[str, str]]) -> tuple[list[Any], list[str]]:
     """Decoded images (EXIF orientation applied if asked) and their names; the others skipped."""
     from samdetr.data.images import decode_image
@@ -162,7 +159,7 @@ def _stem(name: str) -> str:
 
 
 def _picture(image: Any, result: dict[str, Any], names: dict[int, str],
-             config: PredictConfig, path: Path) -> None:
+             config: PredictSettings, path: Path) -> None:
     from samdetr.visualize import draw_detections
 
     path.parent.mkdir(parents=True, exist_ok=True)

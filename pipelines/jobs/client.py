@@ -69,7 +69,6 @@ def describe(job_id: str, info: Any) -> str:
 
 def follow(jobs: Any, job_id: str) -> int:
     """Stream the job's logs until it ends; returns the exit code of its final status."""
-
     async def tail() -> None:
         async for lines in jobs.tail_job_logs(job_id):
             sys.stdout.write(lines)

@@ -41,7 +41,6 @@ class SubmitSettings:
     with ``token`` the token comes from ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or
     ``~/.ray/auth_token``. ``check``: compose the pipeline's config with its overrides here
     first, so a typo fails in seconds, not on the cluster."""
-
     address: str | None = None
     wait: bool = True
     working_dir: str | None = None

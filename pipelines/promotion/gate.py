@@ -19,7 +19,7 @@ from samdetr.engine.coco_eval import METRIC_NAMES
 
 
 @dataclass(frozen=True)
-class PromoteConfig:
+class PromoteSettings:
     """``shards``: the held-out shard set both versions are scored on (not needed for a
     rollback). ``margin``: how much higher (absolute, metrics are fractions) the challenger
     must score than the champion. ``threshold``: the least score of a first champion.
@@ -27,7 +27,6 @@ class PromoteConfig:
     version tag. ``tracking_uri``: the store of the registry, the models' files and the
     evaluation runs (None: $MLFLOW_TRACKING_URI, else ./mlflow.db); ``mlflow_experiment``: the
     MLflow experiment of the evaluation runs."""
-
     registered_model: str = REGISTERED_MODEL
     # The registered model whose @challenger is proposed, when it is not registered_model: on a
     # server where training may write only a candidates model (docs/registry.md), the proposed

@@ -12,7 +12,7 @@ from typing import Any
 from pipelines.common.tracking import quiet_mlflow, store_client
 from pipelines.common.tracking_settings import store_uri
 from pipelines.inference.evaluate import evaluate_mlflow_model
-from pipelines.promotion.gate import PromoteConfig, PromotionRefused, decide, refusal
+from pipelines.promotion.gate import PromoteSettings, PromotionRefused, decide, refusal
 from pipelines.registry.evaluation_record import Scored, log_evaluation, model_id_of, tag_evaluation
 from pipelines.registry.model_facts import ModelFacts, facts_of_model
 from pipelines.registry.model_uri import version_uri
@@ -43,7 +43,7 @@ def aliased(client: Any, name: str, alias: str) -> Any | None:
     return client.get_model_version(name, model.aliases[alias])
 
 
-def run_promote(config: PromoteConfig) -> dict[str, Any]:
+def run_promote(config: PromoteSettings) -> dict[str, Any]:
     """Score, decide, move the aliases; returns the decision (``decision``, ``reason``, the
     versions and their metrics). Raises :class:`PromotionRefused` when the gate cannot judge."""
     from samdetr.engine.evaluation import manifest_summary
@@ -90,7 +90,7 @@ def run_promote(config: PromoteConfig) -> dict[str, Any]:
     return _decide_and_apply(client, config, scored, runs)
 
 
-def propose(client: Any, config: PromoteConfig) -> None:
+def propose(client: Any, config: PromoteSettings) -> None:
     """Copy ``challenger_model``'s @challenger into ``registered_model`` (once per version: a
     copy made before is reused) and make the copy ``registered_model``'s @challenger, so that
     every alias and tag the gate writes is on the model only the promoting user may write."""
@@ -119,11 +119,10 @@ def _copy_of(client: Any, name: str, origin: str) -> Any | None:
     return next((v for v in versions if v.source == origin), None)
 
 
-def _download(version: Any, folder: str, uri: str, config: PromoteConfig, client: Any,
+def _download(version: Any, folder: str, uri: str, config: PromoteSettings, client: Any,
               challenger: Any) -> str:
     """The version's files from the store ``uri`` in ``folder``; a refusal if they cannot be
     read."""
-
     try:
         with quiet_mlflow():
             return download_model(uri, version_uri(version.name, version.version), folder)
@@ -133,7 +132,7 @@ def _download(version: Any, folder: str, uri: str, config: PromoteConfig, client
                       f"{str(err)[:300]})") from err
 
 
-def _facts(path: str, version: Any, config: PromoteConfig, client: Any,
+def _facts(path: str, version: Any, config: PromoteSettings, client: Any,
            challenger: Any) -> ModelFacts:
     try:
         return facts_of_model(path)
@@ -142,7 +141,7 @@ def _facts(path: str, version: Any, config: PromoteConfig, client: Any,
                       f"incomplete or not a samdetr model ({err})") from err
 
 
-def _refuse(client: Any, config: PromoteConfig, challenger: Any,
+def _refuse(client: Any, config: PromoteSettings, challenger: Any,
             why: str) -> PromotionRefused:
     """Record the refusal on the challenger (unless a dry run); the error for the caller to
     raise."""
@@ -160,8 +159,7 @@ def _warn_selected_on(facts: dict[str, ModelFacts], versions: dict[str, Any],
                  "set, so its score here is optimistic; a set neither was selected on is fairer")
 
 
-def _score(path: str, version: Any, config: PromoteConfig, sha256: str) -> Scored:
-
+def _score(path: str, version: Any, config: PromoteSettings, sha256: str) -> Scored:
     _say(f"scoring {version.name} v{version.version} on {config.shards}")
     metrics = evaluate_mlflow_model(path, config.shards, config.batch_size,
                                     f"{version.name} v{version.version}")
@@ -169,7 +167,7 @@ def _score(path: str, version: Any, config: PromoteConfig, sha256: str) -> Score
                   version.name, str(version.version), model_id_of(version))
 
 
-def _decide_and_apply(client: Any, config: PromoteConfig, scored: dict[str, Scored],
+def _decide_and_apply(client: Any, config: PromoteSettings, scored: dict[str, Scored],
                       runs: dict[str, str]) -> dict[str, Any]:
     metric = config.metric
     challenger, champion = scored["challenger"], scored.get("champion")
@@ -201,7 +199,7 @@ def _decide_and_apply(client: Any, config: PromoteConfig, scored: dict[str, Scor
     return out
 
 
-def _crown(client: Any, config: PromoteConfig, version: str, replaced: str | None,
+def _crown(client: Any, config: PromoteSettings, version: str, replaced: str | None,
            reason: str) -> None:
     """Point ``champion`` at ``version`` and ``previous`` at ``replaced`` (if any), with the
     tags that say since when and why, on the versions and on the registered model."""
@@ -219,7 +217,7 @@ def _crown(client: Any, config: PromoteConfig, version: str, replaced: str | Non
          + (f"; v{replaced} is @{config.previous_alias}" if replaced else ""))
 
 
-def run_rollback(client: Any, config: PromoteConfig) -> dict[str, Any]:
+def run_rollback(client: Any, config: PromoteSettings) -> dict[str, Any]:
     """Move ``champion`` back to the ``previous`` version; ``previous`` then moves to the one
     before it (its ``champion.previous_version`` tag), so rollbacks walk back in history. The
     demoted version loses the ``challenger`` alias if it held it (no re-promotion by accident)."""

@@ -31,7 +31,6 @@ EXPERIMENT = "samdetr-evaluation"
 class Scored:
     """One model scored on one shard set. ``name`` / ``version``: the registered version
     (``None`` for a ``runs:/`` or logged-model URI); ``model_id``: MLflow's logged model id."""
-
     model_uri: str
     metrics: dict[str, float]
     shards: str
@@ -90,7 +89,6 @@ def log_evaluation(uri: str, experiment: str, scored: Scored, purpose: str,
                    extra_tags: dict[str, str] | None = None) -> str:
     """A finished MLflow run recording ``scored``; returns its id."""
     from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Param
-
 
     client = store_client(uri)
     when = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

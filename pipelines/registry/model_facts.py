@@ -33,7 +33,6 @@ class ModelFacts:
     ``train_sha256`` / ``val_sha256``: manifest checksums of the training and validation shard
     sets (``None`` when the checkpoint predates them). ``source_run_id``: the training run.
     ``config``: the detector config as a dict."""
-
     categories: tuple[tuple[int, str], ...]
     eval_transform: dict[str, int]
     train_sha256: str | None

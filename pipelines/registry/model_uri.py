@@ -14,7 +14,6 @@ RUNS = "runs:/"
 class ModelUri:
     """One parsed URI. ``kind``: ``version`` (``name``, ``version``), ``alias`` (``name``,
     ``alias``), ``logged`` (``model_id``) or ``run`` (``run_id``, ``path``)."""
-
     kind: str
     name: str | None = None
     version: str | None = None

@@ -48,7 +48,6 @@ IMAGE_COLUMN = "image"
 class SAMDETRModel(mlflow.pyfunc.PythonModel):
     """Pyfunc wrapper of :class:`samdetr.inference.Predictor`; its artifact ``checkpoint`` is a
     samdetr checkpoint (state dict + config + ``eval_transform`` + ``categories``)."""
-
     predictor: Predictor | None = None
 
     def load_context(self, context) -> None:

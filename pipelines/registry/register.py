@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipelines.common.checkpoints import CHECKPOINT_FILE
-from pipelines.common.tracking import store_client, using_store
+from pipelines.common.tracking import in_run, store_client
 from pipelines.common.tracking_settings import TrackingSettings
 from pipelines.registry.mlflow_model import log_detector_model
 from pipelines.registry.model_uri import ModelUri, parse_model_uri
@@ -58,11 +58,7 @@ def _log(uri: str, run_id: str, checkpoint: Any, registered_model: str | None) -
     """The pyfunc model of ``checkpoint`` logged into run ``run_id`` of the store ``uri``;
     MLflow's ``ModelInfo``. (``log_model`` knows only MLflow's process-wide URIs: they point at
     ``uri`` for the call, and back afterwards.)"""
-    import mlflow
-
-
-    with tempfile.TemporaryDirectory(prefix="samdetr-") as folder, using_store(uri), \
-            mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory(prefix="samdetr-") as folder, in_run(uri, run_id):
         checkpoint.to_directory(folder)  # a local copy, wherever the storage is
         return log_detector_model(os.path.join(folder, CHECKPOINT_FILE), name="model",
                                   registered_model_name=registered_model)

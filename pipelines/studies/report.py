@@ -24,7 +24,6 @@ BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 @dataclass(frozen=True)
 class EpochStats:
     """One metric of one variant at one epoch, over the seeds (in the metric's own units)."""
-
     mean: float
     stdev: float  # sample standard deviation; 0 with one seed
     low: float

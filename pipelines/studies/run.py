@@ -47,7 +47,6 @@ class StudySettings:
     against. ``report``: Markdown file to (re)write, its plot beside it (None: no file).
     ``make_data``: ``{split: images}`` of synthetic shapes to generate into the configured
     shard folders when they do not exist (None: the shards must exist)."""
-
     name: str = "convergence"
     variants: dict[str, dict[str, Any]] = field(default_factory=_default_variants)
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -78,7 +77,6 @@ class StudySettings:
 @dataclass(frozen=True)
 class StudyRun:
     """One run of the study: its key in the record, variant, seed and full settings."""
-
     key: str
     variant: str
     seed: int
@@ -110,7 +108,6 @@ def plan_runs(study: StudySettings, base: TrainSettings) -> list[StudyRun]:
 
 def run_study(study: StudySettings, base: TrainSettings, command: str) -> dict[str, Any]:
     """Train every run not finished yet, then write the results; returns the record."""
-
     base = base.resolved()
     runs = plan_runs(study, base)
     report = Path(absolute(study.report)) if study.report else None
@@ -120,7 +117,6 @@ def run_study(study: StudySettings, base: TrainSettings, command: str) -> dict[s
     finished = {run.key for run in runs if _finished(run, record["runs"].get(run.key))}
     connect(base.trainer.ray_address, verbose=base.trainer.verbose, log_to_driver=True)
     if study.make_data:
-
         shapes_for(base.data, dict(study.make_data), "study.make_data", base.trainer.verbose)
     tracking = StudyTracking.open(base.tracking, study, record.get("parent_run_id"), command)
     record["parent_run_id"] = tracking.run_id
@@ -153,7 +149,6 @@ def _finished(run: StudyRun, entry: dict[str, Any] | None) -> bool:
     """Whether the study's record holds this run trained for all its epochs. A stored run of
     that name with other settings is refused, as resuming a training run is; a run recorded
     with fewer epochs than asked for now is resumed (it trains the rest)."""
-
     trainer = run.settings.trainer
     stored = read_record(trainer.storage_path, trainer.run_name)
     if stored is not None:
@@ -202,12 +197,10 @@ def _facts(record: dict[str, Any], command: str, seconds: float) -> dict[str, st
 
 
 def _read_record(storage_path: str, name: str) -> dict[str, Any]:
-
     return read_json(storage_path, f"{name}/{RECORD_FILE}") or {"parent_run_id": None, "runs": {}}
 
 
 def _write_record(storage_path: str, name: str, record: dict[str, Any]) -> None:
-
     write_json(storage_path, f"{name}/{RECORD_FILE}", record)
 
 

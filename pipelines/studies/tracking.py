@@ -34,7 +34,6 @@ TITLE = "Convergence: SAM-DETR against the baseline decoder"
 @dataclass
 class StudyTracking:
     """The parent run (``run_id`` None: tracking off, or the store failed at the start)."""
-
     uri: str | None
     run_id: str | None
 
@@ -42,7 +41,6 @@ class StudyTracking:
     def open(cls, tracking: TrackingSettings, study: Any, run_id: str | None,
              command: str) -> StudyTracking:
         """Reopen the parent run of an interrupted study, or create it."""
-
         params = flatten({"study": asdict(study)})
         return cls(*open_parent_run(tracking, study.name, params, command + "\n", run_id,
                                     "study"))
@@ -88,5 +86,4 @@ class StudyTracking:
 
 
 def _quietly(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-
     return quietly(what, fn, *args, prefix="study")

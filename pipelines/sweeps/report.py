@@ -21,7 +21,6 @@ class TrialOutcome:
     ``history``: the reported epochs ``[{epoch, AP, AP50, ...}]`` in order; ``status``:
     ``finished``, ``stopped early`` (by the scheduler) or ``error``; ``seconds``: the wall
     time of its epochs (training and validation), summed over restarts."""
-
     trial_id: str
     run_name: str
     params: dict[str, Any]

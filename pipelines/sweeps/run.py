@@ -38,7 +38,6 @@ def _say(line: str) -> None:
 
 def run_sweep(sweep: SweepSettings, base: TrainSettings, config_yaml: str = "") -> dict[str, Any]:
     """Run (or restore) the sweep; returns ``{"trials": [TrialOutcome], "winner", ...}``."""
-
     base = base.resolved()
     check_against(sweep, base)
     # Read once here for every trial: the trials' drivers and workers run on other nodes,
@@ -50,7 +49,6 @@ def run_sweep(sweep: SweepSettings, base: TrainSettings, config_yaml: str = "") 
     # The trials' own output stays in their logs: the console shows Tune's trial table.
     connect(base.trainer.ray_address, verbose=base.trainer.verbose, log_to_driver=False)
     if sweep.make_data:
-
         shapes_for(base.data, dict(sweep.make_data), "sweep.make_data", base.trainer.verbose)
     data = check_data(base)
     check_cluster(base)
@@ -72,7 +70,6 @@ def run_sweep(sweep: SweepSettings, base: TrainSettings, config_yaml: str = "") 
 
 def _open_record(sweep: SweepSettings, base: TrainSettings) -> dict[str, Any]:
     """The sweep's stored record (a restart), refusing other settings; or a new one."""
-
     stored = read_json(base.trainer.storage_path, f"{sweep.name}/{RECORD_FILE}")
     if stored is None:
         return {"parent_run_id": None, "winner": None, "base": base.to_dict(),
@@ -95,13 +92,11 @@ def _open_record(sweep: SweepSettings, base: TrainSettings) -> dict[str, Any]:
 
 
 def _write_record(base: TrainSettings, sweep: SweepSettings, record: dict[str, Any]) -> None:
-
     write_json(base.trainer.storage_path, f"{sweep.name}/{RECORD_FILE}", record)
 
 
 def _outcomes(results: Any, sweep: SweepSettings, base: TrainSettings) -> list[TrialOutcome]:
     """One :class:`TrialOutcome` per trial, from Tune's results and the trials' run records."""
-
     root = runs_root(base.trainer.storage_path, sweep.name)
     outcomes = []
     for result in results:
@@ -135,7 +130,6 @@ def _trial_id_from_path(path: str) -> str:
 def _finish(summary: dict[str, Any], sweep: SweepSettings, base: TrainSettings,
             record: dict[str, Any], data_sha256: str) -> None:
     """Complete the trials' runs, log the results, register the winner, print the table."""
-
     outcomes, uri, parent = summary["trials"], summary["tracking_uri"], summary["parent_run_id"]
     root = runs_root(base.trainer.storage_path, sweep.name)
     models = {}
@@ -167,7 +161,6 @@ def _finish(summary: dict[str, Any], sweep: SweepSettings, base: TrainSettings,
 def _register(summary: dict[str, Any], sweep: SweepSettings, base: TrainSettings,
               record: dict[str, Any], data_sha256: str, model_uri: str | None) -> str | None:
     """The winner as a new registered version with ``sweep.alias`` (once per sweep)."""
-
     best, uri = summary["winner"], summary["tracking_uri"]
     done = record.get("winner") or {}
     if done.get("trial_id") == best.trial_id and done.get("registered"):

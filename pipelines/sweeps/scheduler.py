@@ -15,6 +15,7 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
+from pipelines.common.ray_internals import asha_brackets, asha_rungs, asha_sign
 from pipelines.training.run_record import read_json
 
 #: ``{trial id: [metric after epoch 1, 2, ...]}`` in the sweep's folder, written on restore.
@@ -49,14 +50,14 @@ class SweepASHA(AsyncHyperBandScheduler):
         self._loaded = True
 
         histories = read_json(self._folder, HISTORIES_FILE) or {}
-        fill_rungs(self._brackets, histories, self._metric_op)
+        fill_rungs(asha_brackets(self), histories, asha_sign(self))
 
 
 def fill_rungs(brackets: list[Any], histories: dict[str, list[float]], sign: float) -> None:
     """Record each trial's value at every milestone it reached (ASHA records the first result
     at or past a milestone: epoch ``ceil(milestone)``), as ``sign * value``."""
     for bracket in brackets:
-        for milestone, recorded in bracket._rungs:
+        for milestone, recorded in asha_rungs(bracket):
             epoch = math.ceil(milestone)
             for trial_id, values in histories.items():
                 if len(values) >= epoch and trial_id not in recorded:

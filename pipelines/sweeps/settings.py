@@ -3,7 +3,6 @@ and each trial's :class:`pipelines.training.settings.TrainSettings`.
 
 A search space is written as the settings it varies, nested as in ``conf/train.yaml``, each leaf
 a distribution with one key::
-
     space:
       model:
         num_salient_points: {grid: [1, 2, 4, 8, 16]}   # every value, in every combination
@@ -51,7 +50,6 @@ class SchedulerSettings:
     """Early stopping. ``asha``: a trial is stopped at epoch ``grace_period``,
     ``grace_period * reduction_factor``, ... when its metric is below the best
     ``1 / reduction_factor`` of the trials that reached that epoch; ``fifo``: none stopped."""
-
     name: str = "asha"
     grace_period: int = 1
     reduction_factor: float = 2.0
@@ -79,7 +77,6 @@ class SweepSettings:
     ``tracking.registered_model`` with the alias ``alias``. ``make_data``: ``{train: N,
     val: M}`` synthetic shapes generated into the configured shard folders when missing
     (None: the shards must exist). ``space`` and ``options`` come from ``conf/sweep/``."""
-
     name: str = "sweep"
     space: dict[str, Any] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)

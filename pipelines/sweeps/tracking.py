@@ -55,7 +55,6 @@ def _ray_checkpoint(folder: str) -> Any:
 def complete_trial(uri: str, outcome: TrialOutcome, run_root: str, metric: str) -> str | None:
     """Log the trial's best checkpoint as its child run's model, tag and close the run.
     Returns the logged model's URI (None without a checkpoint)."""
-
     client = store_client(uri)
     run_id = outcome.mlflow_run_id
     model_uri = None

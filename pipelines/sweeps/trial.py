@@ -21,7 +21,6 @@ class TrialJob:
     """What every trial shares, as plain data (it crosses into the trial's process):
     ``base``: the resolved ``TrainSettings.to_dict()``; ``sweep``: ``SweepSettings.to_dict()``;
     ``parent_run_id``: the sweep's MLflow run (None: tracking off)."""
-
     base: dict[str, Any]
     sweep: dict[str, Any]
     parent_run_id: str | None
@@ -38,7 +37,6 @@ def train_trial(config: dict[str, Any], job: dict[str, Any],
     from those weights."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
 
     trial = TrialJob(**job)
     sweep = SweepSettings.from_dict(trial.sweep)

@@ -27,7 +27,6 @@ def build_tuner(sweep: SweepSettings, base: TrainSettings, parent_run_id: str | 
     the base's ImageNet weights, read once by this driver for every trial."""
     from ray import tune
 
-
     job = TrialJob(base.to_dict(), sweep.to_dict(), parent_run_id).as_dict()
     backbone = (base.detector.model.backbone.weights, backbone_state)
     trainable = tune.with_resources(
@@ -93,7 +92,6 @@ def _reporter(sweep: SweepSettings) -> Any:
 def _scheduler(sweep: SweepSettings, base: TrainSettings) -> Any:
     from ray.tune.schedulers import FIFOScheduler
 
-
     settings = sweep.scheduler
     if settings.name == "fifo":
         return FIFOScheduler()
@@ -107,7 +105,6 @@ def _scheduler(sweep: SweepSettings, base: TrainSettings) -> Any:
 def _write_histories(sweep: SweepSettings, base: TrainSettings) -> None:
     """Every trial's ``sweep.metric`` per epoch, for the restored scheduler
     (:mod:`pipelines.sweeps.scheduler`)."""
-
     root = runs_root(base.trainer.storage_path, sweep.name)
     prefix = f"{sweep.name}-"
     histories = {}

@@ -27,7 +27,6 @@ class TrainJob:
     (:func:`pipelines.training.backbone_weights.share_backbone_weights`), which a fresh start loads
     instead of reading ``model.backbone.weights`` on every worker; None: workers read them.
     """
-
     run_id: str | None
     tracking_uri: str | None
     categories: list[dict[str, Any]]

@@ -96,7 +96,6 @@ def _evaluate(model, loader, coco_gt, device, autocast_dtype) -> dict[str, float
 @dataclass
 class _Worker:
     """What one worker trains with: its settings, place, model parts and (rank 0) logger."""
-
     settings: TrainSettings
     job: TrainJob
     rank: int
@@ -111,7 +110,6 @@ class _Worker:
 @dataclass
 class _Progress:
     """Where the run stands: restored from the checkpoint, advanced every epoch."""
-
     start_epoch: int = 0
     global_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -147,7 +145,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     logger = None
     if rank == 0 and job.run_id:
-
         logger = RunLogger(job.tracking_uri, job.run_id,
                            retry_after_s=settings.tracking.retry_after_s, warn=_say)
     worker = _Worker(settings, job, rank, device, model, criterion, optimizer, scheduler,

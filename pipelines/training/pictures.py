@@ -31,7 +31,6 @@ def picture_images(settings: TrainSettings) -> list[Any]:
 
 def pictures_grid(model, images, settings: TrainSettings, categories, device) -> Any:
     """``images`` with their top detections and salient points, tiled into one picture."""
-
     names = {c["id"]: c["name"] for c in categories}
     predictor = Predictor(
         unwrap(model), settings.data.eval_transform.get("size", 800),

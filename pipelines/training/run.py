@@ -106,7 +106,6 @@ def _connect(address: str | None, verbose: bool = False) -> None:
     """Ray (started here unless it is up), with the workers' lines shown on this console and
     Ray's own INFO logs and progress output only if ``verbose``
     (:mod:`pipelines.common.console`)."""
-
     connect(address, verbose=verbose, log_to_driver=True)
 
 
@@ -169,7 +168,6 @@ def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
          uri: str | None, callbacks: Sequence[Any] = (), backbone: Any = None
          ) -> dict[str, Any]:
     """Ray Train's run (with the run's epoch clock); the summary of its checkpoints."""
-
     clock = EpochClock.create(settings.trainer.run_name)
     try:
         checksums = {f"{split}_manifest_sha256": data[split]["manifest_sha256"]

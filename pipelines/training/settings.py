@@ -35,7 +35,6 @@ def _without_source(data: Any) -> Any:
 @dataclass(frozen=True)
 class DataSettings:
     """Where the shards are and how batches are made (batch sizes are per worker)."""
-
     name: str
     train_shards: str
     val_shards: str
@@ -74,7 +73,6 @@ class DataSettings:
 @dataclass(frozen=True)
 class TrainerSettings:
     """The Ray Train side: workers, devices, epochs, checkpoints, fault tolerance."""
-
     run_name: str
     storage_path: str = "outputs/ray"  # local folder, or shared storage (s3://, NFS) on clusters
     epochs: int = 50
@@ -168,7 +166,6 @@ REGISTERED_MODEL = "sam-detr"
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything one training run needs; ``detector`` is the model + loss config."""
-
     detector: DetectorConfig
     optim: OptimConfig
     data: DataSettings

@@ -2,7 +2,6 @@
 
 :mod:`pipelines.training.run` builds it for a single run; a Tune trial builds its own the same way,
 adding ``TuneReportCallback()`` to ``callbacks`` and naming the run after the trial::
-
     job = TrainJob(run_id=None, tracking_uri=None, categories=cats, epoch_clock=clock.name)
     result = build_trainer(settings, job, callbacks=[TuneReportCallback()]).fit()
 
@@ -27,7 +26,6 @@ def run_config(settings: TrainSettings, callbacks: Sequence[Any] = ()) -> Any:
     """Ray's ``RunConfig`` of the run: its name and storage (which make a re-run resume), the
     checkpoints kept and the restarts allowed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
-
 
     trainer = settings.trainer
     return RunConfig(
@@ -57,7 +55,6 @@ def build_trainer(
     """
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
-
 
     if config is not None and callbacks:
         raise ValueError("pass callbacks inside the run config you give, not both")

@@ -1,0 +1,223 @@
+"""End-to-end training on Ray Train with 2 CPU workers, tracked in a temporary MLflow store:
+metrics, params and artifacts; resume at the right epoch; an injected worker failure;
+a checkpoint that evaluates to the metrics reported at training time."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("mlflow")
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from support.train_case import TINY_MODEL, tiny_settings, write_shards  # noqa: E402
+
+from pipelines.inference.evaluate import EvaluateSettings, run_evaluate  # noqa: E402
+from pipelines.training.run import run_training  # noqa: E402
+from pipelines.training.settings import TrainSettings  # noqa: E402
+from samdetr.data.shards import manifest_checksum  # noqa: E402
+
+EPOCH_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "images_per_s", "epoch_time_s", "loss",
+              "first_batch_s", "data_wait_share")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield {
+        "root": root,
+        "train": write_shards(root, "train", 12, seed=0),
+        "val": write_shards(root, "val", 6, seed=1),
+        "uri": f"sqlite:///{root / 'mlflow.db'}",
+    }
+    ray.shutdown()
+
+
+def _settings(ws, run_name: str, epochs: int, **trainer) -> TrainSettings:
+    tracking = {
+        "tracking_uri": ws["uri"], "experiment": "tests",
+        "artifact_location": str(ws["root"] / "artifacts"),
+        "registered_model": "tiny-detr", "alias": "candidate",
+    }
+    return TrainSettings.from_dict(tiny_settings(
+        ws["train"], ws["val"], str(ws["root"] / "ray"), run_name, epochs, tracking=tracking,
+        **trainer,
+    ))
+
+
+def _run(client: MlflowClient, run_id: str):
+    return client.get_run(run_id)
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+@pytest.mark.slow
+def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
+    ws = workspace
+    summary = run_training(_settings(ws, "basic", epochs=2))
+    client = MlflowClient(ws["uri"])
+    run_id = summary["mlflow_run_id"]
+    run = _run(client, run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.hidden_dim"] == "32" and params["trainer.num_workers"] == "2"
+    assert params["optim.lr"] == "0.0002" and params["data.batch_size"] == "3"
+    for key in EPOCH_KEYS:
+        assert _steps(client, run_id, key) == [0, 1], key  # step = epoch, each once
+    assert "gpu_mem_peak_gib" not in client.get_run(run_id).data.metrics  # CPU workers
+    for entry in client.get_metric_history(run_id, "data_wait_share"):
+        assert 0.0 <= entry.value < 1.0
+    # 12 images in blocks of 3 over 2 workers, batch 3: 2 steps per worker per epoch.
+    assert _steps(client, run_id, "train/loss") == [1, 2, 3, 4]
+    for key in ("train/loss_ce", "train/loss_bbox", "train/loss_giou", "train/lr",
+                "train/lr_backbone"):
+        assert _steps(client, run_id, key) == [1, 2, 3, 4], key
+    files = _artifacts(client, run_id)
+    assert {"config.yaml", "convergence.png", "predictions/epoch_001.png",
+            "predictions/epoch_002.png"} <= files
+    version = client.get_model_version_by_alias("tiny-detr", "candidate")
+    assert version.run_id == run_id
+    # The version names its data, categories, eval size and source run
+    # (pipelines.registry.model_facts).
+    tags = version.tags
+    assert tags["samdetr.train_manifest_sha256"] == manifest_checksum(ws["train"])
+    assert tags["samdetr.val_manifest_sha256"] == manifest_checksum(ws["val"])
+    assert tags["samdetr.source_run_id"] == run_id
+    assert tags["samdetr.categories"].startswith('["') and tags["samdetr.eval_size"]
+
+    # The best checkpoint, scored in one process, gives what training reported for it.
+    best = summary["best_metrics"]
+    payload = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert payload["epoch"] == best["epoch"]
+    assert set(payload) >= {"model", "optimizer", "scheduler", "rng", "config", "settings"}
+    result = run_evaluate(EvaluateSettings(shards=ws["val"], checkpoint=summary["best_checkpoint"]))
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert result["metrics"][key] == pytest.approx(best[key], abs=1e-9), key
+    assert result["images"] == 6 and result["images_per_s"] > 0
+
+    # The registered MLflow model (the best checkpoint behind a pyfunc) scores like the
+    # checkpoint run through samdetr's Predictor on the same images.
+    from samdetr.data.shards import ShardDataset
+    from samdetr.engine.coco_eval import evaluate_detections
+    from samdetr.engine.evaluation import ground_truth
+    from samdetr.inference import Predictor
+
+    served = run_evaluate(EvaluateSettings(shards=ws["val"],
+    model_uri="models:/tiny-detr@candidate",
+                                         tracking_uri=ws["uri"]))
+    assert served["evaluation_run"]  # recorded in the same store
+    predictor = Predictor.from_checkpoint(summary["best_checkpoint"])
+    rows = [ShardDataset(ws["val"])[i] for i in range(6)]
+    direct = [
+        {"image_id": row["image_id"], **predictor([row["image"]], exif_transpose=False)[0]}
+        for row in rows
+    ]
+    expected = evaluate_detections(ground_truth(ws["val"]), direct)
+    for key in ("AP", "AP50", "AR100"):
+        assert served["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key
+
+    # Same run name, more epochs: continues at epoch 2 in the same MLflow run.
+    again = run_training(_settings(ws, "basic", epochs=3))
+    assert again["mlflow_run_id"] == run_id
+    assert again["last_metrics"]["epoch"] == 2
+    for key in ("AP", "loss"):
+        assert _steps(client, run_id, key) == [0, 1, 2], key
+    assert _steps(client, run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
+    latest = torch.load(again["latest_checkpoint"], map_location="cpu", weights_only=True)
+    assert [h["epoch"] for h in latest["history"]] == [0, 1, 2]
+    assert latest["scheduler"]["last_epoch"] == 3
+    # A registered version per distinct best checkpoint, never a duplicate.
+    versions = client.search_model_versions("name='tiny-detr'")
+    expected_versions = 1 if again["best_checkpoint"] == summary["best_checkpoint"] else 2
+    assert len(versions) == expected_versions
+
+
+@pytest.mark.slow
+def test_injected_failure_is_survived_and_each_epoch_reported_once(workspace):
+    ws = workspace
+    summary = run_training(_settings(ws, "faulty", epochs=2, fail_after_epoch=0, max_failures=1))
+    client = MlflowClient(ws["uri"])
+    run_id = summary["mlflow_run_id"]
+    assert _run(client, run_id).info.status == "FINISHED"
+    for key in ("AP", "loss", "epoch_time_s"):
+        assert _steps(client, run_id, key) == [0, 1], key
+    latest = torch.load(summary["latest_checkpoint"], map_location="cpu", weights_only=True)
+    assert [h["epoch"] for h in latest["history"]] == [0, 1]
+    assert os.path.basename(os.path.dirname(summary["latest_checkpoint"])) == "epoch_0002"
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_marked_failed_and_leaves_no_epoch_clock(workspace):
+    ws = workspace
+    with pytest.raises(Exception, match="injected after epoch 0"):
+        run_training(_settings(ws, "doomed", epochs=2, fail_after_epoch=0, max_failures=0))
+    client = MlflowClient(ws["uri"])
+    experiment = client.get_experiment_by_name("tests")
+    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'doomed'")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not [name for name in ray.util.list_named_actors() if "epoch-clock-doomed" in name]
+
+
+def test_a_multiscale_model_trains_logs_and_serves_through_the_pipeline(workspace):
+    """The multiscale model (three levels, deformable encoder) through the same pipeline:
+    one epoch on one worker, its MLflow model, and that model scoring like the checkpoint."""
+    ws = workspace
+    settings = TrainSettings.from_dict(tiny_settings(
+        ws["train"], ws["val"], str(ws["root"] / "ray"), "multiscale", 1,
+        tracking={"tracking_uri": ws["uri"], "experiment": "tests-multiscale",
+                  "artifact_location": str(ws["root"] / "artifacts-ms")},
+        num_workers=1,
+    ) | {"model": {**TINY_MODEL, "multiscale": True}})
+    model = settings.detector.model
+    assert model.multiscale and model.layer_levels == (2, 1)
+    summary = run_training(settings)
+    client = MlflowClient(ws["uri"])
+    assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
+    assert _steps(client, summary["mlflow_run_id"], "AP") == [0]
+    checkpoint = run_evaluate(EvaluateSettings(shards=ws["val"],
+                                             checkpoint=summary["best_checkpoint"]))
+    served = run_evaluate(EvaluateSettings(shards=ws["val"], model_uri=summary["model_uri"],
+                                         tracking_uri=ws["uri"], record=False))
+    for key in ("AP", "AP50", "AR100"):
+        assert served["metrics"][key] == pytest.approx(checkpoint["metrics"][key], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_workers_load_the_imagenet_weights_the_driver_read(workspace, tmp_path):
+    """The driver reads the ImageNet weights; the Ray Train workers get them from the object
+    store. The weights name points at a file that does not exist: a worker that read it
+    itself would fail, so the run finishing proves no worker did (what a GPU node without
+    network access or the file needs)."""
+    import torchvision
+
+    from samdetr.checkpoint import load_checkpoint
+
+    plain = tiny_settings(workspace["train"], workspace["val"], str(tmp_path / "ray"),
+                          "shared-weights", 1)
+    plain["model"]["backbone"] = {"name": "resnet18", "trainable_layers": 0,
+                                  "weights": str(tmp_path / "only-on-the-driver.pth")}
+    torch.manual_seed(3)
+    state = torchvision.models.resnet18().state_dict()
+    summary = run_training(TrainSettings.from_dict(plain), backbone_state=state)
+    model, _, _ = load_checkpoint(summary["best_checkpoint"])
+    # trainable_layers=0: the trunk is frozen, so it still holds exactly what was shared.
+    assert torch.equal(model.backbone.body.conv1.weight, state["conv1.weight"])
+    assert torch.equal(model.backbone.body.layer4[1].conv2.weight,
+                       state["layer4.1.conv2.weight"])
