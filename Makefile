@@ -35,10 +35,10 @@ demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(VPY) -m pipelines.demo
 
 bench: $(STAMP)
-	$(VPY) bench/model_step.py
-	$(VPY) bench/roi_align.py
-	$(VPY) bench/loader.py
-	$(VPY) bench/train_scaling.py
+	$(VPY) -m bench.model_step
+	$(VPY) -m bench.roi_align
+	$(VPY) -m bench.loader
+	$(VPY) -m bench.train_scaling
 
 # A new lock, on purpose: the newest versions inside pyproject.toml's ranges, resolved in a
 # venv of their own (not this one, which the old lock built), without local version labels such

@@ -1,6 +1,6 @@
 """Where do PyTorch's fused attention kernels give wrong or non-finite gradients?
 
-    python bench/attention_kernels.py [--device cpu|cuda] [--sweep]
+    python -m bench.attention_kernels [--device cpu|cuda] [--sweep]
 
 Every case is one scaled_dot_product_attention forward + backward at the encoder's shapes
 (batch 2, 8 heads, 300 queries, 400 keys, 32 features per head), on the math kernel and on each

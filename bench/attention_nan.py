@@ -1,6 +1,6 @@
 """Train with PyTorch's fused attention kernels until a gradient goes non-finite, and replay it.
 
-    PYTHONPATH=. python bench/attention_nan.py [--device cuda] [--amp bf16|none] [--steps 400]
+    python -m bench.attention_nan [--device cuda] [--amp bf16|none] [--steps 400]
         [--kernel auto|math] [--lr 1e-3] [--norm frozen_bn|group_norm] [--trainable-layers 3]
         [--last-stage 4] [--shards DIR] [--dump FILE] [--out FILE]
 
@@ -15,7 +15,7 @@ non-finite gradient it stops and, for every encoder layer, saves the attention m
 its inputs and the gradient that reached its output to --dump, then replays that one attention
 forward + backward on the math kernel and on every fused kernel of the device and records which
 of them give non-finite gradients. So the logit magnitude at the failure says whether
-``python bench/attention_kernels.py --sweep``'s large-logit failure explains it, and the dump
+``python -m bench.attention_kernels --sweep``'s large-logit failure explains it, and the dump
 reproduces it without the training run.
 
 One JSON line per --log-every steps to stderr; the summary JSON to stdout and --out.
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from attention_kernels import fused_backends  # bench/: on sys.path
-from gpu_check import DEMO_OPTIM, SMALL, make_shards, small_setup
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bench.attention_kernels import fused_backends
+from bench.gpu_check import DEMO_OPTIM, SMALL, make_shards, small_setup
 from samdetr.data.loader import set_epoch
 from samdetr.engine.loop import autocast_context
 from samdetr.engine.reproducibility import seed_everything

@@ -4,7 +4,7 @@ levels (``sample_levels_stacked``), at the R50-MS encoder's shapes: batch 2, 8 h
 features, 3 levels (strides 8, 16, 32), 4 points, every token a query. Median of
 ``--repeats`` after a warm-up (the device synchronised around each call on CUDA); prints JSON.
 
-    python bench/deformable_attention.py [--threads 2] [--repeats 3] [--device cpu|cuda]
+    python -m bench.deformable_attention [--threads 2] [--repeats 3] [--device cpu|cuda]
         [--sizes 512x512 ...]
 """
 
@@ -15,8 +15,8 @@ import json
 import time
 
 import torch
-from timing import median_seconds  # bench/: on sys.path when run as a script
 
+from bench.timing import median_seconds
 from samdetr.model.deformable_attention import sample_levels, sample_levels_stacked
 
 B, M, E, P = 2, 8, 32, 4

@@ -6,23 +6,20 @@ as seconds to its first batch (process start included) and images/s after it; im
 whole evaluation pass with the small model on this CPU; and the memory of the loader's
 processes (PSS: shared pages counted once). All figures come from one run.
 
-    python bench/eval_decode.py [--workers 0 2] [--images 64] [--threads 2]
+    python -m bench.eval_decode [--workers 0 2] [--images 64] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader import write_shards  # noqa: E402  (the bench's serial shard writer)
-
+from bench.loader import write_shards
 from samdetr.builder import build_model  # noqa: E402
 from samdetr.config import BackboneConfig, DetectorConfig, ModelConfig  # noqa: E402
 from samdetr.engine.evaluation import eval_loader  # noqa: E402

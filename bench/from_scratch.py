@@ -1,6 +1,6 @@
 """How fast a small SAM-DETR learns from random weights: validation AP50 against wall time.
 
-    python bench/from_scratch.py --name gn96 --norm group_norm --layers 5 --size 96 \
+    python -m bench.from_scratch --name gn96 --norm group_norm --layers 5 --size 96 \
         --queries 10 --budget 300
 
 A plain single-process loop (the library alone: ``ShardDataset`` + ``RowDecoder`` +

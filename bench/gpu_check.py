@@ -1,6 +1,6 @@
 """One bounded check of the library on a GPU: official numbers, bf16, training, speed, DDP.
 
-    PYTHONPATH=. python bench/gpu_check.py [--device cuda] [--fixtures DIR] [--shards DIR]
+    python -m bench.gpu_check [--device cuda] [--fixtures DIR] [--shards DIR]
         [--out FILE] [--parts fixture_fp32 ...] [--quick]
 
 Parts, in this order, each timed and wrapped (a failure is recorded with its traceback and the
@@ -39,8 +39,8 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from gpu_fixture import fixture_part, tf32  # bench/: on sys.path when run as a script
 
+from bench.gpu_fixture import fixture_part, tf32
 from samdetr.builder import build_criterion, build_model
 from samdetr.config import DetectorConfig, preset
 from samdetr.data.loader import RowDecoder, build_loader, set_epoch

@@ -1,6 +1,6 @@
 """The pipeline end to end on one GPU machine, through its real entry points, measured.
 
-    PYTHONPATH=. python bench/gpu_pipeline.py --out gpu_pipeline.json [--work DIR]
+    python -m bench.gpu_pipeline --out gpu_pipeline.json [--work DIR]
         [--r50-images 400] [--small-epochs 3] [--quick]
 
 In a fresh folder (``--work``, else a temporary one), with one Ray head started for the whole
@@ -260,8 +260,8 @@ def compare_devices(bench: Bench) -> dict[str, Any]:
     warm-up batch)."""
     import numpy as np
     import torch
-    from gpu_fixture import tf32  # bench/: on sys.path when run as a script
 
+    from bench.gpu_fixture import tf32
     from samdetr.checkpoint import load_checkpoint
     from samdetr.engine.evaluation import eval_loader
     from samdetr.engine.loop import predict

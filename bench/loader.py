@@ -13,8 +13,8 @@ end and over the shard tasks alone (Ray's task timeline: first start to last end
 row access only (no decoding) over shards of small row groups: a full random permutation
 (EpochSampler) vs the block shuffle (BlockShuffleSampler), counting row-group reads.
 
-    python bench/loader.py [--data DIR] [--epochs 2] [--copies 16] [--shard-mb 64]
-    python bench/loader.py --access-only [--group-mb 1] [--cache-groups 4]
+    python -m bench.loader [--data DIR] [--epochs 2] [--copies 16] [--shard-mb 64]
+    python -m bench.loader --access-only [--group-mb 1] [--cache-groups 4]
 """
 
 from __future__ import annotations

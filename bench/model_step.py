@@ -7,7 +7,7 @@ per run the median step time, the step's GFLOP (torch's ``FlopCounterMode``, cou
 torchvision's RoIAlign, so the same for both kernels), the achieved GFLOP/s and its fraction of
 the matmul peak measured in the same process, and the peak RSS.
 
-    python bench/model_step.py [--steps 3] [--models sam smca baseline ms] [--threads 2]
+    python -m bench.model_step [--steps 3] [--models sam smca baseline ms] [--threads 2]
         [--roi-align matmul torchvision]
 """
 

@@ -4,7 +4,7 @@ image, batch 2, 256 channels, 7 x 7 bins, on the feature maps of 512-px and 800 
 Median of ``--repeats`` after a warm-up (on CUDA the device is synchronised around each
 call); prints JSON.
 
-    python bench/roi_align.py [--threads 2] [--repeats 5] [--device cpu|cuda]
+    python -m bench.roi_align [--threads 2] [--repeats 5] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import json
 import time
 
 import torch
-from timing import median_seconds  # bench/: on sys.path when run as a script
 from torchvision.ops import roi_align
 
+from bench.timing import median_seconds
 from samdetr.model.roi_align import roi_align_boxes
 
 MAPS = {"512px": (16, 16), "800x1066": (25, 34)}

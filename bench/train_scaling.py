@@ -1,6 +1,6 @@
 """Training throughput: Ray Train with 1 and 2 CPU workers, and a plain loop, on the same data.
 
-    python bench/train_scaling.py [--images 288] [--epochs 3] [--out bench_results]
+    python -m bench.train_scaling [--images 288] [--epochs 3] [--out bench_results]
 
 Writes synthetic shards once, then measures training images/s (the training part of each epoch,
 without evaluation; median over the epochs after the first, which warms up):
@@ -21,12 +21,9 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODEL = {
     "backbone": {"name": "resnet18"}, "hidden_dim": 64, "num_heads": 8, "num_salient_points": 8,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from pipelines.common.checks import flag, non_empty
 from pipelines.common.console import connect  # Ray is heavy: imported only when a run starts
 from samdetr.config import known_fields
 from samdetr.data.coco_rows import filesystem_reader, raise_on_rejects
@@ -40,15 +41,13 @@ class PreprocessSettings:
 
     def __post_init__(self) -> None:
         for name in ("annotations", "images", "output", "split"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"preprocess.{name} must be a non-empty string")
+            non_empty(getattr(self, name), f"preprocess.{name}")
         if not self.split.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"split must be letters, digits, '-' or '_', got {self.split!r}")
         if not isinstance(self.shard_size_mb, (int, float)) or self.shard_size_mb <= 0:
             raise ValueError(f"shard_size_mb must be > 0, got {self.shard_size_mb!r}")
         for name in ("strict", "prefer_exif", "overwrite", "verbose"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"preprocess.{name} must be true or false")
+            flag(getattr(self, name), f"preprocess.{name}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSettings:

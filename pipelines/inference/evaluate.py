@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from pipelines.common.checkpoints import local_checkpoint
+from pipelines.common.checks import flag
 from pipelines.common.tracking import quietly, store_client
 from pipelines.common.tracking_settings import store_uri
 from pipelines.registry.evaluation_record import (
@@ -48,8 +49,7 @@ class EvaluateSettings:
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.model_uri is None):
             raise ValueError("give exactly one of checkpoint=PATH or model_uri=URI")
-        if not isinstance(self.record, bool):
-            raise ValueError("record must be true or false")
+        flag(self.record, "record")
         if not isinstance(self.shards, str) or not self.shards:
             raise ValueError("shards must be a shard-set folder or URI")
         if not isinstance(self.mlflow_experiment, str) or not self.mlflow_experiment.strip():
@@ -126,12 +126,12 @@ def evaluate_mlflow_model(
     detections: list[dict[str, Any]] = []
 
     def flush(chunk: list[dict[str, Any]]) -> None:
-        for flag in (False, True):  # rows whose stored orientation needs EXIF applied
-            part = [r for r in chunk if bool(r["exif_transpose"]) == flag]
+        for transposed in (False, True):  # rows whose stored orientation needs EXIF applied
+            part = [r for r in chunk if bool(r["exif_transpose"]) == transposed]
             if not part:
                 continue
             frame = pd.DataFrame({"image": [r["image"] for r in part]})
-            table = model.predict(frame, params={"exif_transpose": flag, **params})
+            table = model.predict(frame, params={"exif_transpose": transposed, **params})
             for i, row in enumerate(part):
                 mine = table[table["image_index"] == i]
                 detections.append({

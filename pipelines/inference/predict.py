@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common.checkpoints import local_checkpoint
+from pipelines.common.checks import flag, non_empty, positive_int
 from pipelines.common.tracking_settings import store_uri
 from pipelines.inference.evaluate import resolve_device
 from pipelines.registry.model_uri import is_model_uri
@@ -50,8 +51,7 @@ class PredictSettings:
         if self.model_uri is not None and not is_model_uri(str(self.model_uri)):
             raise ValueError(f"model_uri must start with one of ('models:/', 'runs:/'), got "
                              f"{self.model_uri!r} (a checkpoint goes in checkpoint=PATH)")
-        if not isinstance(self.output, str) or not self.output:
-            raise ValueError("output must be a non-empty string")
+        non_empty(self.output, "output")
         images = [self.images] if isinstance(self.images, str) else self.images
         if not isinstance(images, (list, tuple)) or not images or not all(
                 isinstance(i, str) and i for i in images):
@@ -61,12 +61,9 @@ class PredictSettings:
                 self.score_threshold, (int, float)) or not 0 <= self.score_threshold <= 1:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold!r}")
         for name in ("num_top", "batch_size", "max_drawn"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            positive_int(getattr(self, name), name)
         for name in ("pictures", "salient_points", "exif_transpose"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false")
+            flag(getattr(self, name), name)
         if self.tracking_uri is not None and (not isinstance(self.tracking_uri, str)
                                               or not self.tracking_uri):
             raise ValueError(f"tracking_uri must be an MLflow store URI or null, got "

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.common.checks import flag, non_negative
+
 #: The project's Hydra entry points a job may run -> their config name under conf/.
 PIPELINES = {
     "make_synthetic": "make_synthetic", "preprocess": "preprocess", "train": "train",
@@ -67,8 +69,7 @@ class SubmitSettings:
 
     def __post_init__(self) -> None:
         for name in ("wait", "check"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false")
+            flag(getattr(self, name), name)
         if self.auth_mode not in (None, "token", "disabled"):
             raise ValueError(f"auth_mode must be token, disabled or null, got {self.auth_mode!r}")
         for name in ("excludes", "pass_env", "pip"):
@@ -80,9 +81,7 @@ class SubmitSettings:
                 self.env.items()):
             raise ValueError(f"env must map names to values, got {self.env!r}")
         for name in ("entrypoint_num_cpus", "entrypoint_num_gpus"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            non_negative(getattr(self, name), name)
 
     def job_server(self) -> str:
         """The job server's HTTP address; ValueError when none is given or it is not HTTP."""

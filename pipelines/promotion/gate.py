@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.common.checks import flag, non_empty
 from pipelines.registry.evaluation_record import EXPERIMENT
 from pipelines.registry.model_facts import ModelFacts
 from pipelines.training.settings import REGISTERED_MODEL
@@ -51,9 +52,7 @@ class PromoteSettings:
     def __post_init__(self) -> None:
         for name in ("registered_model", "challenger_alias", "champion_alias", "previous_alias",
                      "mlflow_experiment"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+            non_empty(getattr(self, name), name)
         if self.challenger_model is not None and (
                 not isinstance(self.challenger_model, str) or not self.challenger_model.strip()
                 or self.challenger_model == self.registered_model):
@@ -64,8 +63,7 @@ class PromoteSettings:
         if len(set(aliases)) != 3:
             raise ValueError(f"the three aliases must differ, got {aliases}")
         for name in ("rollback", "dry_run", "allow_unknown_training_data"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false")
+            flag(getattr(self, name), name)
         if self.metric not in METRIC_NAMES:
             raise ValueError(f"metric must be one of {list(METRIC_NAMES)}, got {self.metric!r}")
         for name, low, high in (("margin", 0.0, 1.0), ("threshold", 0.0, 1.0)):

@@ -20,10 +20,10 @@ from pipelines.studies.tracking import StudyTracking
 from pipelines.training.run import run_training
 from pipelines.training.run_record import (
     config_differences,
-    read_json,
+    read_group_record,
     read_record,
     refuse_changes,
-    write_json,
+    write_group_record,
 )
 from pipelines.training.settings import TrainSettings
 from samdetr.config import known_fields
@@ -197,11 +197,12 @@ def _facts(record: dict[str, Any], command: str, seconds: float) -> dict[str, st
 
 
 def _read_record(storage_path: str, name: str) -> dict[str, Any]:
-    return read_json(storage_path, f"{name}/{RECORD_FILE}") or {"parent_run_id": None, "runs": {}}
+    return (read_group_record(storage_path, name, RECORD_FILE)
+            or {"parent_run_id": None, "runs": {}})
 
 
 def _write_record(storage_path: str, name: str, record: dict[str, Any]) -> None:
-    write_json(storage_path, f"{name}/{RECORD_FILE}", record)
+    write_group_record(storage_path, name, RECORD_FILE, record)
 
 
 def _say(line: str) -> None:

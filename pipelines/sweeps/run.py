@@ -20,10 +20,11 @@ from pipelines.training.preflight import check_cluster
 from pipelines.training.run import check_data
 from pipelines.training.run_record import (
     config_differences,
-    read_json,
+    read_group_record,
     read_record,
     run_history,
-    write_json,
+    setting_differences,
+    write_group_record,
 )
 from pipelines.training.settings import TrainSettings, flatten
 
@@ -70,15 +71,12 @@ def run_sweep(sweep: SweepSettings, base: TrainSettings, config_yaml: str = "") 
 
 def _open_record(sweep: SweepSettings, base: TrainSettings) -> dict[str, Any]:
     """The sweep's stored record (a restart), refusing other settings; or a new one."""
-    stored = read_json(base.trainer.storage_path, f"{sweep.name}/{RECORD_FILE}")
+    stored = read_group_record(base.trainer.storage_path, sweep.name, RECORD_FILE)
     if stored is None:
         return {"parent_run_id": None, "winner": None, "base": base.to_dict(),
                 "sweep": sweep.to_dict()}
     differences = config_differences(stored["base"], base.to_dict())
-    old_sweep, new_sweep = flatten(stored["sweep"]), flatten(sweep.to_dict())
-    differences += [f"sweep.{k}: {old_sweep.get(k, '(unset)')} -> {new_sweep.get(k, '(unset)')}"
-                    for k in sorted(set(old_sweep) | set(new_sweep))
-                    if old_sweep.get(k) != new_sweep.get(k)]
+    differences += setting_differences(stored["sweep"], sweep.to_dict(), "sweep.")
     if stored["base"]["trainer"]["epochs"] != base.trainer.epochs:
         differences.append(f"trainer.epochs: {stored['base']['trainer']['epochs']} -> "
                            f"{base.trainer.epochs}")
@@ -92,7 +90,7 @@ def _open_record(sweep: SweepSettings, base: TrainSettings) -> dict[str, Any]:
 
 
 def _write_record(base: TrainSettings, sweep: SweepSettings, record: dict[str, Any]) -> None:
-    write_json(base.trainer.storage_path, f"{sweep.name}/{RECORD_FILE}", record)
+    write_group_record(base.trainer.storage_path, sweep.name, RECORD_FILE, record)
 
 
 def _outcomes(results: Any, sweep: SweepSettings, base: TrainSettings) -> list[TrialOutcome]:

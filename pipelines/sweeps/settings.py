@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.common.checks import non_empty, positive_int
 from pipelines.data.shapes import check_counts
 from pipelines.training.settings import TrainSettings
 from samdetr.config import known_fields
@@ -100,9 +101,7 @@ class SweepSettings:
             raise ValueError(f"sweep.algorithm must be one of {ALGORITHMS}, got "
                              f"{self.algorithm!r}")
         for name in ("num_samples", "max_concurrent_trials"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"sweep.{name} must be an integer >= 1, got {value!r}")
+            positive_int(getattr(self, name), f"sweep.{name}")
         if isinstance(self.trial_cpus, bool) or not isinstance(self.trial_cpus, (int, float)) \
                 or not self.trial_cpus > 0:
             raise ValueError(f"sweep.trial_cpus must be > 0 (Tune gives every trial's driver "
@@ -110,15 +109,13 @@ class SweepSettings:
         if self.metric not in METRIC_NAMES:
             raise ValueError(f"sweep.metric must be one of {list(METRIC_NAMES)}, got "
                              f"{self.metric!r}")
-        if not isinstance(self.alias, str) or not self.alias:
-            raise ValueError("sweep.alias must be a non-empty string")
+        non_empty(self.alias, "sweep.alias")
         _check_space(self.space, "sweep.space")
         _check_options(self.options)
         if not self.space and not self.options:
             raise ValueError("sweep.space and sweep.options are both empty: nothing to search "
                              "(pick a search space: sweep=m_smca, see conf/sweep/)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"sweep.seed must be an integer >= 0, got {self.seed!r}")
+        positive_int(self.seed, "sweep.seed", minimum=0)
         check_counts(self.make_data, "sweep.make_data")
 
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -105,15 +106,31 @@ def _free(key: str) -> bool:
                for p in FREE_TO_CHANGE)
 
 
+def setting_differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "",
+                        free: Callable[[str], bool] = lambda key: False) -> list[str]:
+    """``"<prefix>key: stored -> current"`` for every flattened setting that differs, except
+    those ``free`` lets change (a run's, a sweep's or a study's stored settings)."""
+    old, new = flatten(stored), flatten(current)
+    return [f"{prefix}{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+            for key in sorted(set(old) | set(new))
+            if not free(key) and old.get(key) != new.get(key)]
+
+
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``"key: stored -> current"`` for every setting that differs and changes the training."""
-    old, new = flatten(stored), flatten(current)
-    out = []
-    for key in sorted(set(old) | set(new)):
-        if _free(key) or old.get(key) == new.get(key):
-            continue
-        out.append(f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}")
-    return out
+    return setting_differences(stored, current, free=_free)
+
+
+def read_group_record(storage_path: str, name: str, file: str) -> dict[str, Any] | None:
+    """The record of a group of runs (a study's ``study.json``, a sweep's ``sweep.json``) in
+    ``<storage_path>/<name>/``: its parent MLflow run and what it keeps of its runs; None when
+    the group is new. The group's runs keep their own :class:`RunRecord` each."""
+    return read_json(storage_path, f"{name}/{file}")
+
+
+def write_group_record(storage_path: str, name: str, file: str, record: dict[str, Any]) -> None:
+    """Store a group's record (after every change, so a restart finds it)."""
+    write_json(storage_path, f"{name}/{file}", record)
 
 
 def refuse_changes(run_name: str, differences: list[str]) -> None:

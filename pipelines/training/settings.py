@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pipelines.common.checks import non_negative, positive_int
+from pipelines.common.checks import flag, non_empty, non_negative, positive_int
 from pipelines.common.tracking_settings import TrackingSettings
 from pipelines.training.backbone_weights import absolute_weights
 from samdetr.config import DetectorConfig, known_fields
@@ -52,8 +52,7 @@ class DataSettings:
 
     def __post_init__(self) -> None:
         for name in ("name", "train_shards", "val_shards"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"data.{name} must be a non-empty string")
+            non_empty(getattr(self, name), f"data.{name}")
         positive_int(self.batch_size, "data.batch_size")
         positive_int(self.eval_batch_size, "data.eval_batch_size")
         positive_int(self.shuffle_buffer, "data.shuffle_buffer", 0)
@@ -126,8 +125,7 @@ class TrainerSettings:
             raise ValueError(f"trainer.checkpoint_metric must be one of {list(METRIC_NAMES)}, "
                              f"got {self.checkpoint_metric!r}")
         for name in ("use_gpu", "bf16", "allow_config_change", "verbose"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"trainer.{name} must be true or false")
+            flag(getattr(self, name), f"trainer.{name}")
         for name in ("cpus_per_worker", "gpus_per_worker"):
             non_negative(getattr(self, name), f"trainer.{name}")
         if not isinstance(self.worker_resources, (dict, type(None))):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_gpu_check_quick_mode_passes_every_part_on_cpu(official_tiny_dir, tmp_path):
     out = tmp_path / "check.json"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu", "--quick",
+        [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--quick",
          "--fixtures", str(official_tiny_dir), "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())

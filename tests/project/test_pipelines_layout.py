@@ -116,3 +116,19 @@ def test_bench_does_not_import_tests(path):
     assert not bad, f"bench/{path.name} imports {bad}: move what it needs into the library"
     assert not re.search(r"sys\.path.*tests", path.read_text()), (
         f"bench/{path.name} puts tests/ on sys.path: move what it needs into the library")
+
+
+BENCH = sorted(p for p in (ROOT / "bench").glob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", BENCH, ids=lambda p: p.name)
+def test_every_bench_script_runs_as_a_module_of_the_bench_package(path):
+    """``python -m bench.<name>`` from the repository root, the one way every bench runs: its
+    sibling imports name ``bench.``, nothing edits sys.path, and its usage says so."""
+    siblings = {p.stem for p in BENCH}
+    bare = [m for m, _ in imports(path) if m in siblings]
+    assert not bare, f"bench/{path.name} imports {bare}: write bench.{bare[0]}"
+    text = path.read_text()
+    assert "sys.path" not in text, f"bench/{path.name} edits sys.path"
+    assert f"python -m bench.{path.stem}" in text or "__main__" not in text, (
+        f"bench/{path.name}: its usage should say python -m bench.{path.stem}")
