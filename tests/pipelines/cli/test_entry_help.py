@@ -36,7 +36,7 @@ def test_hydra_entry_points_say_what_they_do_and_where_their_settings_are(module
 @pytest.mark.slow
 @pytest.mark.parametrize("module, first", [
     ("submit", "Run the project's pipelines as jobs on a Ray cluster"),
-    ("demo", "usage: demo.py"),
+    ("demo", "usage: python -m pipelines.demo"),
 ])
 def test_the_other_entry_points_answer_help_too(module, first):
     done = _help(module)

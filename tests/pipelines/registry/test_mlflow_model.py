@@ -176,7 +176,7 @@ def test_model_is_logged_as_code_without_pickles(tracking):
     local = Path(mlflow.artifacts.download_artifacts(tracking.info.model_uri))
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))]
-    assert "mlflow_pyfunc.py" in files and "code/samdetr/inference.py" in files
+    assert "pyfunc.py" in files and "code/samdetr/inference.py" in files
     flavor = Model.load(local).flavors["python_function"]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert "python_model" not in flavor  # the cloudpickle file of a pickled PythonModel
