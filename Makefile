@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $@
 
 # The suite in its two tiers (tests/conftest.py): the unit tier on every core, then the
-# integration tier (real Ray, servers, runs) in one process, as its fixtures need.
+# integration tier (real Ray, servers, runs) in one process, as its fixtures need. Both tiers
+# run whatever the first gives; the target fails if either did.
 test: $(STAMP)
-	$(VPY) -m pytest -q -m unit -n auto
-	$(VPY) -m pytest -q -m integration
+	$(VPY) -m pytest -q -m unit -n auto; unit=$$?; \
+	$(VPY) -m pytest -q -m integration; integration=$$?; \
+	test $$unit -eq 0 -a $$integration -eq 0
 
 # The unit tier alone: a few minutes, for iterating.
 test-fast: $(STAMP)
