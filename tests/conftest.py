@@ -9,9 +9,15 @@ on every core; ``make test`` runs both."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Ray 2.60 turns token auth on at the first ray.init() of a process that has no RAY_AUTH_MODE,
+# and that process then cannot start a Ray with auth disabled, as every test here does: so the
+# mode is set before any test, whatever test runs first. Tests that want token auth set it.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 #: Fixtures that start something real and slow: a Ray instance or cluster, a server, a run.
 INTEGRATION_FIXTURES = frozenset({
