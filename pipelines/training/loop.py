@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from pipelines.common.checkpoints import CHECKPOINT_FILE, HISTORY_FILE
 from pipelines.common.console import EpochBar, estimated_steps, quiet_worker
-from pipelines.common.tracking import RunLogger
+from pipelines.common.run_logger import RunLogger
 from pipelines.data.ingest import EpochClock, PadCollate
 from pipelines.training.job import TrainJob
 from pipelines.training.pictures import picture_images, pictures_grid, unwrap
@@ -104,7 +104,7 @@ class _Worker:
     criterion: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    logger: Any = None  # pipelines.common.tracking.RunLogger on rank 0 of a tracked run
+    logger: Any = None  # pipelines.common.run_logger.RunLogger on rank 0 of a tracked run
 
 
 @dataclass

@@ -12,10 +12,10 @@ from typing import Any
 
 from pipelines.common.checkpoints import checkpoint_uri
 from pipelines.common.console import connect
+from pipelines.common.run_logger import duration
 from pipelines.common.tracking import (
     check_reachable,
     create_run,
-    duration,
     finish_run,
     quietly,
     reopen_run,
@@ -218,7 +218,7 @@ def _summarise(result: Any, settings: TrainSettings, seconds: float,
 
 def worker_tracking(result: Any) -> dict[str, Any] | None:
     """Rank 0's MLflow logger's totals at its close
-    (:meth:`pipelines.common.tracking.RunLogger.counts`,
+    (:meth:`pipelines.common.run_logger.RunLogger.counts`,
     which the training function returns: Ray Train's ``Result.return_value``); None when it
     returned none (tracking off)."""
     counts = getattr(result, "return_value", None)

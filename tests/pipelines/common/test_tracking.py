@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
 from support.mlflow_server import MlflowServer  # noqa: E402
 
-from pipelines.common.tracking import RETRY_LOGGER, RunLogger, create_run, duration  # noqa: E402
+from pipelines.common.run_logger import RETRY_LOGGER, RunLogger, duration  # noqa: E402
+from pipelines.common.tracking import create_run  # noqa: E402
 
 # MLflow's HTTP client retries each request (urllib3 warns at each retry); quick retries here.
 QUICK_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",

@@ -48,7 +48,8 @@ def test_callbacks_and_a_whole_run_config_are_not_both_taken(settings):
 def test_a_restart_without_a_checkpoint_does_not_log_an_epoch_twice(tmp_path):
     # A run stopped after logging epoch 0 but before Ray Train registered its checkpoint
     # trains epoch 0 again; what MLflow already holds is not logged again.
-    from pipelines.common.tracking import RunLogger, create_run
+    from pipelines.common.run_logger import RunLogger
+    from pipelines.common.tracking import create_run
     from pipelines.training.loop import _progress
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
