@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 LOCK := infra/constraints.txt
 
-.PHONY: all venv .venv test test-fast lint demo bench constraints clean distclean
+.PHONY: all venv .venv test test-fast test-integration lint demo bench constraints clean distclean
 
 all: test
 
@@ -18,17 +18,24 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(VPY) -m pip install --constraint $(LOCK) -e '.[pipelines,dev]'
 	touch $@
 
-# The suite in its two tiers (tests/conftest.py): the unit tier on every core, then the
-# integration tier (real Ray, servers, runs) in one process, as its fixtures need. Both tiers
-# run whatever the first gives; the target fails if either did.
+# The suite in its two tiers (tests/conftest.py): the unit tier on every core, test by test;
+# then the integration tier (real Ray, servers, runs) on two processes, module by module (its
+# fixtures are module-wide), slowest modules first (--no-loadscope-reorder keeps the order
+# conftest.py gives). Both tiers run whatever the first gives; the target fails if either did.
 test: $(STAMP)
 	$(VPY) -m pytest -q -m unit -n auto; unit=$$?; \
-	$(VPY) -m pytest -q -m integration; integration=$$?; \
+	$(VPY) -m pytest -q -m integration $(INTEGRATION_PARALLEL); integration=$$?; \
 	test $$unit -eq 0 -a $$integration -eq 0
+
+INTEGRATION_PARALLEL := -n 2 --dist loadfile --no-loadscope-reorder
 
 # The unit tier alone: a few minutes, for iterating.
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m unit -n auto
+
+# The integration tier alone.
+test-integration: $(STAMP)
+	$(VPY) -m pytest -q -m integration $(INTEGRATION_PARALLEL)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check .

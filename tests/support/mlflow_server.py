@@ -29,7 +29,9 @@ class MlflowServer:
                  env: dict[str, str] | None = None):
         self.root = Path(root)
         self.app_name = app_name
-        self.env = dict(env or {})
+        # MLflow 3's job runner (eight huey consumer processes, for GenAI jobs) is off: nothing
+        # here uses it, and on two cores its start costs more CPU than the server's own.
+        self.env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -160,6 +159,14 @@ def test_two_runs_at_once_from_relative_paths(cluster, tmp_path):
                 if "epoch-clock" in a["name"]]
 
 
+def _ray_address_file() -> Path:
+    """Where ``ray start`` writes its address: Ray's temp folder, by Ray's rule on Linux
+    (``$RAY_TMPDIR``, else ``$TMPDIR``, else ``/tmp``; the suite sets ``RAY_TMPDIR`` per
+    process when it runs tests in parallel)."""
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return Path(base, "ray", "ray_current_cluster")
+
+
 def _start_hidden_node(address: str, hidden: Path) -> subprocess.Popen:
     """A node whose processes see an empty tmpfs at ``hidden`` (their own mount namespace)."""
     ray_cli = Path(sys.executable).with_name("ray")
@@ -199,7 +206,7 @@ def test_local_paths_every_node_cannot_see_are_refused(cluster, tmp_path):
         os.killpg(node.pid, 9)
         node.wait(timeout=30)
         # `ray start` left its address for plain ray.init() calls to attach to: not ours to keep.
-        Path(tempfile.gettempdir(), "ray", "ray_current_cluster").unlink(missing_ok=True)
+        _ray_address_file().unlink(missing_ok=True)
         _wait(lambda: _alive() == before, 60, "the node to be seen dead")
 
 
