@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from pipelines.common.checkpoints import local_checkpoint
 from pipelines.common.checks import flag
 from pipelines.common.tracking import quietly, store_client
 from pipelines.common.tracking_settings import store_uri
+from pipelines.inference.class_table import class_table
 from pipelines.registry.evaluation_record import (
     EXPERIMENT,
     Scored,
@@ -27,7 +29,7 @@ from pipelines.registry.evaluation_record import (
 )
 from pipelines.registry.register import fetched_model
 from samdetr.data.shards import read_manifest
-from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
+from samdetr.engine.coco_eval import METRIC_NAMES, COCOEvaluator
 from samdetr.engine.evaluation import eval_loader, ground_truth
 
 
@@ -45,8 +47,17 @@ class EvaluateSettings:
     # The store of model_uri and of the record; None: $MLFLOW_TRACKING_URI, else ./mlflow.db.
     tracking_uri: str | None = None
     mlflow_experiment: str = EXPERIMENT
+    # Where the per-class table counts a box found, missed or confused: a detection scoring at
+    # least this, overlapping a ground-truth box by at least this IoU.
+    confusion_iou_threshold: float = 0.5
+    confusion_score_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        for name in ("confusion_iou_threshold", "confusion_score_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         if (self.checkpoint is None) == (self.model_uri is None):
             raise ValueError("give exactly one of checkpoint=PATH or model_uri=URI")
         flag(self.record, "record")
@@ -73,7 +84,31 @@ def resolve_device(name: str) -> torch.device:
 def evaluate_checkpoint(
     path: str, shards: str, batch_size: int | None = None, device: str = "auto"
 ) -> dict[str, float]:
-    """COCO metrics of a training checkpoint on ``shards``.
+    """COCO metrics of a training checkpoint on ``shards`` (:func:`score_checkpoint`)."""
+    return score_checkpoint(path, shards, batch_size, device).summarize()
+
+
+def evaluate_mlflow_model(
+    model_dir: str, shards: str, batch_size: int | None = None, name: str | None = None
+) -> dict[str, float]:
+    """COCO metrics of the MLflow model in ``model_dir`` on ``shards``
+    (:func:`score_mlflow_model`)."""
+    return score_mlflow_model(model_dir, shards, batch_size, name).summarize()
+
+
+def _scored(shards: str, detections: Iterable[dict[str, Any]]) -> COCOEvaluator:
+    """The detections of every image of ``shards``, against its ground truth; an image without
+    detections counts as one where the model found nothing."""
+    evaluator = COCOEvaluator(ground_truth(shards), only_seen_images=False)
+    evaluator.update(detections)
+    return evaluator
+
+
+def score_checkpoint(
+    path: str, shards: str, batch_size: int | None = None, device: str = "auto"
+) -> COCOEvaluator:
+    """A training checkpoint's detections on ``shards``, ready for COCO's numbers, each class's
+    and the confusion matrix.
 
     Image sizes and (unless given) the batch size come from the checkpoint, so the batches
     are those of the per-epoch evaluation in training and the metrics match the reported ones.
@@ -88,14 +123,14 @@ def evaluate_checkpoint(
     sizes = dict(extra.get("eval_transform") or {})
     batch_size = batch_size or int(extra.get("eval_batch_size", 4))
     loader = eval_loader(shards, batch_size=batch_size, **sizes)
-    return evaluate_detections(ground_truth(shards), predict(model, loader, target))
+    return _scored(shards, predict(model, loader, target))
 
 
-def evaluate_mlflow_model(
+def score_mlflow_model(
     model_dir: str, shards: str, batch_size: int | None = None, name: str | None = None
-) -> dict[str, float]:
-    """COCO metrics of an MLflow model (this project's pyfunc) in the local folder
-    ``model_dir`` on ``shards``: the same numbers as :func:`evaluate_checkpoint` of the
+) -> COCOEvaluator:
+    """The detections of an MLflow model (this project's pyfunc) in the local folder
+    ``model_dir`` on ``shards``: the same numbers as :func:`score_checkpoint` of the
     checkpoint it was logged from (the model scores each image unpadded, as the evaluation
     batches do, and returns the boxes unclipped here). ``name``: the model in messages.
 
@@ -149,20 +184,24 @@ def evaluate_mlflow_model(
             chunk = []
     if chunk:
         flush(chunk)
-    return evaluate_detections(ground_truth(shards), detections)
+    return _scored(shards, detections)
 
 
 def run_evaluate(config: EvaluateSettings) -> dict[str, Any]:
     start = time.perf_counter()
     uri = None
     if config.checkpoint is not None:
-        metrics = evaluate_checkpoint(config.checkpoint, config.shards, config.batch_size,
-                                      config.device)
+        scores = score_checkpoint(config.checkpoint, config.shards, config.batch_size,
+                                  config.device)
     else:
         uri = store_uri(config.tracking_uri)
         with fetched_model(uri, config.model_uri) as local:
-            metrics = evaluate_mlflow_model(local, config.shards, config.batch_size,
-                                            config.model_uri)
+            scores = score_mlflow_model(local, config.shards, config.batch_size,
+                                        config.model_uri)
+    metrics = scores.summarize()
+    classes = scores.per_class()
+    matrix = scores.confusion_matrix(iou_threshold=config.confusion_iou_threshold,
+                                     score_threshold=config.confusion_score_threshold)
     seconds = time.perf_counter() - start
     images = int(read_manifest(config.shards)["num_rows"])
     out = {
@@ -173,6 +212,12 @@ def run_evaluate(config: EvaluateSettings) -> dict[str, Any]:
         # The whole evaluation: loading the model, decoding, inference and COCO scoring.
         "images": images,
         "images_per_s": round(images / seconds, 2),
+        # Each class: AP, AP50 and the precision-recall curve at IoU 0.5 (samdetr.engine.
+        # class_metrics.RECALL_POINTS), and the confusion matrix at the stated thresholds.
+        "per_class": [{**c.as_row(), **counts, "precision50": list(c.precision50)}
+                      for c, counts in zip(classes, matrix.class_counts(), strict=True)],
+        "confusions": matrix.confusions(),
+        "confusion_matrix": matrix.as_dict(),
     }
     if config.model_uri is not None and config.record:
         out["evaluation_run"] = quietly("record the evaluation in MLflow", record_evaluation,
@@ -205,6 +250,9 @@ def format_metrics(result: dict[str, Any]) -> str:
     lines = [f"{result['source']} on {result['shards']}: {result['images']} images in "
              f"{result['seconds']}s ({result['images_per_s']} images/s)"]
     lines += [f"  {name:<6} {result['metrics'][name]:.4f}" for name in METRIC_NAMES]
+    if result.get("per_class"):
+        lines += class_table(result["per_class"], result["confusion_matrix"],
+                             result["confusions"])
     if result.get("evaluation_run"):
         lines.append(f"  recorded as MLflow run {result['evaluation_run']}")
     return "\n".join(lines)

@@ -26,6 +26,13 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from samdetr.engine.class_metrics import (
+    ClassMetrics,
+    ConfusionMatrix,
+    confusion_matrix,
+    per_class_metrics,
+)
+
 __all__ = [
     "METRIC_NAMES",
     "COCOEvaluator",
@@ -182,13 +189,14 @@ def _results_coco(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
     return coco_dt
 
 
-def _run_cocoeval(
+def _accumulated(
     coco_gt: COCO,
     results: list[dict[str, Any]],
     verbose: bool,
     image_ids: list[int] | None = None,
-) -> dict[str, float]:
-    """Evaluate ``results`` on ``image_ids`` (default: every ground-truth image)."""
+) -> COCOeval:
+    """``COCOeval`` of ``results`` on ``image_ids`` (default: every ground-truth image),
+    evaluated, accumulated and summarized."""
     coco_dt = _results_coco(coco_gt, results)
     evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
     if image_ids is not None:
@@ -199,6 +207,10 @@ def _run_cocoeval(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return evaluator
+
+
+def _stats(evaluator: COCOeval) -> dict[str, float]:
     return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats, strict=True)}
 
 
@@ -225,7 +237,7 @@ def evaluate_detections(
     if not isinstance(coco_gt, COCO):
         raise TypeError(f"coco_gt must be a pycocotools COCO, got {type(coco_gt).__name__}")
     results = detections_to_coco_results(detections, coco_gt.getImgIds())
-    return _run_cocoeval(coco_gt, results, verbose)
+    return _stats(_accumulated(coco_gt, results, verbose))
 
 
 class COCOEvaluator:
@@ -238,6 +250,7 @@ class COCOEvaluator:
             outputs = postprocess(model(images), sizes)  # list of {"scores", "labels", "boxes"}
             evaluator.update([{**o, "image_id": t["image_id"]} for o, t in zip(outputs, targets)])
         metrics = evaluator.summarize()
+        classes = evaluator.per_class()  # how each class does (samdetr.engine.class_metrics)
 
     Detections are validated and converted at :meth:`update` time (tensors leave the device
     right away). If an image id arrives twice, the later detections replace the earlier ones;
@@ -261,6 +274,9 @@ class COCOEvaluator:
         self.verbose = verbose
         self._valid_ids = set(coco_gt.getImgIds())
         self._results: dict[int, list[dict[str, Any]]] = {}
+        # The last COCOeval run and the number of changes it saw: per_class() reuses it.
+        self._changes = 0
+        self._evaluated: tuple[int, COCOeval] | None = None
 
     def update(self, detections: Iterable[Mapping[str, Any]]) -> None:
         """Add a batch of per-image detection dicts (see module docstring)."""
@@ -269,6 +285,7 @@ class COCOEvaluator:
         for det in detections:
             results = detections_to_coco_results([det], self._valid_ids)
             self._results[_image_id(det["image_id"])] = results
+            self._changes += 1
 
     @property
     def image_ids(self) -> list[int]:
@@ -287,11 +304,35 @@ class COCOEvaluator:
     def reset(self) -> None:
         """Forget all accumulated detections."""
         self._results.clear()
+        self._changes += 1
+
+    def _evaluation(self) -> COCOeval:
+        """The ``COCOeval`` of everything accumulated (run again only after a change)."""
+        if self._evaluated is None or self._evaluated[0] != self._changes:
+            self._evaluated = (self._changes, _accumulated(
+                self.coco_gt, self.results, self.verbose, self._image_ids()))
+        return self._evaluated[1]
+
+    def _image_ids(self) -> list[int] | None:
+        return self.image_ids if self.only_seen_images else None
 
     def summarize(self) -> dict[str, float]:
         """Evaluate everything accumulated; returns ``{name: value}`` for :data:`METRIC_NAMES`.
 
         With ``only_seen_images`` and nothing seen yet, every metric is -1.0.
         """
-        image_ids = self.image_ids if self.only_seen_images else None
-        return _run_cocoeval(self.coco_gt, self.results, self.verbose, image_ids)
+        return _stats(self._evaluation())
+
+    def per_class(self) -> list[ClassMetrics]:
+        """Each category's AP, AP50 and precision–recall curves on what was accumulated
+        (:func:`samdetr.engine.class_metrics.per_class_metrics`), from the same evaluation as
+        :meth:`summarize`."""
+        return per_class_metrics(self._evaluation())
+
+    def confusion_matrix(
+        self, *, iou_threshold: float = 0.5, score_threshold: float = 0.5
+    ) -> ConfusionMatrix:
+        """Counts of (true class, predicted class) on what was accumulated
+        (:func:`samdetr.engine.class_metrics.confusion_matrix`)."""
+        return confusion_matrix(self.coco_gt, self.results, self._image_ids(),
+                                iou_threshold=iou_threshold, score_threshold=score_threshold)

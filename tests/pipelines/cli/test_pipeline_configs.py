@@ -114,7 +114,7 @@ FINGERPRINTS = {
     "preprocess": "e4f3779aab0ea1d9",
     "preprocess data=synthetic split=val": "84dd83cb6188b853",
     "preprocess data=coco2017 split=val": "6980c482e6d367d3",
-    "evaluate shards=x": "69905cf1de6d00b1",
+    "evaluate shards=x": "74f5a009fe477a97",
     "promote shards=x": "d557713e4f732d01",
     "submit": "5eb3490e066d041b",
     "make_synthetic": "6bf71df80590184c",

@@ -4,6 +4,7 @@ And the command's MLflow settings: ``mlflow_experiment=``, not Hydra's ``experim
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from pipelines.inference.evaluate import (
     EvaluateSettings,
     evaluate_checkpoint,
     evaluate_mlflow_model,
+    format_metrics,
+    run_evaluate,
 )
 from pipelines.registry.mlflow_model import log_detector_model
 from pipelines.registry.register import fetched_model
@@ -142,3 +145,22 @@ def test_experiment_on_the_command_line_points_to_mlflow_experiment(argument, tm
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 2, done.stdout + done.stderr[-2000:]
     assert "mlflow_experiment=NAME" in done.stdout and argument in done.stdout
+
+
+def test_the_command_reports_each_class(case, tmp_path):
+    out = tmp_path / "metrics.json"
+    result = run_evaluate(EvaluateSettings(shards=case["shards"], checkpoint=case["checkpoint"],
+                                           confusion_score_threshold=0.0, output=str(out)))
+    categories = read_manifest(case["shards"])["categories"]
+    rows = result["per_class"]
+    assert [r["name"] for r in rows] == [c["name"] for c in categories]
+    measured = [r["AP"] for r in rows if r["num_gt"]]
+    assert measured and result["metrics"]["AP"] == pytest.approx(np.mean(measured))
+    for row in rows:  # at score >= 0 every box is found, taken for another class or missed
+        assert row["found"] + row["as_other"] + row["missed"] == row["num_gt"], row
+        assert len(row["precision50"]) == (101 if row["num_gt"] else 0)
+    assert result["confusion_matrix"]["score_threshold"] == 0.0
+    text = format_metrics(result)
+    assert "per class (found / as other / missed / false pos: IoU >= 0.5, score >= 0)" in text
+    assert all(f"    {c['name']} " in text for c in categories)
+    assert json.loads(out.read_text())["per_class"] == rows
