@@ -7,8 +7,6 @@ import asyncio
 import logging
 import os
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 from pipelines.jobs.settings import (
@@ -47,41 +45,16 @@ def submit(jobs: Any, settings: SubmitSettings, pipeline: str, overrides: list[s
         say(f"warning: {', '.join(exposed)} will travel in the job's runtime environment, "
              "which `ray job list` and the Ray dashboard show to everyone who can reach the "
              "job server; prefer the cluster's own secrets (docs/cluster.md)")
-    job_id = _while_no_agent(lambda: jobs.submit_job(
+    job_id = jobs.submit_job(
         entrypoint=entrypoint(pipeline, overrides),
         submission_id=submission_id(settings, pipeline),
         runtime_env=runtime_env(settings),
         metadata={"samdetr.pipeline": pipeline, "samdetr.overrides": " ".join(overrides)[:500]},
         entrypoint_num_cpus=settings.entrypoint_num_cpus,
         entrypoint_num_gpus=settings.entrypoint_num_gpus or None,
-    ))
+    )
     say(f"submitted {job_id} to {settings.job_server()}: {entrypoint(pipeline, overrides)}")
     return job_id
-
-
-#: What Ray's job server answers while no node's job agent has registered yet (a head that has
-#: just started, or a busy one): a passing state, so the submission is tried again.
-NO_AGENT = "No available agent to submit job"
-#: How long a submission waits for a job agent before giving up, in seconds.
-AGENT_WAIT_S = 120.0
-
-
-def _while_no_agent(send: Callable[[], str], wait_s: float = AGENT_WAIT_S,
-                    every_s: float = 2.0) -> str:
-    """``send()``, tried again every ``every_s`` while the job server has no job agent, for at
-    most ``wait_s`` seconds; any other error at once."""
-    deadline = time.monotonic() + wait_s
-    said = False
-    while True:
-        try:
-            return send()
-        except RuntimeError as err:
-            if NO_AGENT not in str(err) or time.monotonic() + every_s > deadline:
-                raise
-            if not said:
-                say(f"the job server has no job agent yet; trying again for up to {wait_s:.0f}s")
-                said = True
-            time.sleep(every_s)
 
 
 def job_status(job: Any) -> str:

@@ -34,12 +34,15 @@ def head(tmp_path_factory):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "PATH": os.pathsep.join([str(BIN), os.environ["PATH"]])}
     env.pop("RAY_ADDRESS", None)
-    port, dashboard = free_port(), free_port()
+    port, dashboard, agent = free_port(), free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths are capped
+    # The job agent's port is fixed by default (52365): a Ray that another test process started
+    # on this machine may hold it, and then this head has no job agent and refuses every job.
     started = subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
-         "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+         f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stdout + started.stderr
     address = f"http://127.0.0.1:{dashboard}"
     try:
