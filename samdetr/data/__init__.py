@@ -1,8 +1,9 @@
 """The data path, from COCO files to padded batches.
 
-``coco_source`` (COCO JSON) -> ``coco_rows`` (validated rows of ``row_schema``) ->
-``shard_writer`` and ``shards`` (Parquet shards and their manifest, on ``storage``: local paths
-or object-store URIs) -> ``images`` (decoding) -> ``transforms`` (augmentation) -> ``loader``
-and ``samplers`` (rows to batches). ``synthetic`` writes a generated COCO-format data set.
+``coco_source`` (COCO JSON; ``yolo_source`` reads YOLO-format data into the same) ->
+``coco_rows`` (validated rows of ``row_schema``) -> ``shard_writer`` and ``shards`` (Parquet
+shards and their manifest, on ``storage``: local paths or object-store URIs) -> ``images``
+(decoding) -> ``transforms`` (augmentation) -> ``loader`` and ``samplers`` (rows to batches).
+``synthetic`` writes a generated COCO-format data set.
 Nothing here imports :mod:`samdetr.model`.
 """

@@ -18,7 +18,7 @@ from typing import Any
 from samdetr.data.coco_rows import make_reject, raise_on_rejects
 from samdetr.data.storage import is_uri, resolve_fs
 
-__all__ = ["CocoSource", "load_annotations"]
+__all__ = ["CocoSource", "load_annotations", "source_from_document"]
 
 _SECTIONS = ("images", "annotations", "categories")
 
@@ -66,7 +66,18 @@ def load_annotations(
     if filesystem is None and is_uri(path):
         filesystem, path = resolve_fs(path)
     raw = _read(path, filesystem)
-    document = _parse_document(raw, path)
+    return source_from_document(_parse_document(raw, path), path,
+                                hashlib.sha256(raw).hexdigest(), strict)
+
+
+def source_from_document(document: dict[str, Any], path: str, sha256: str,
+                         strict: bool = False) -> CocoSource:
+    """A :class:`CocoSource` of a COCO instances document already in memory (a dict with
+    ``images``, ``annotations`` and ``categories`` lists), checked as :func:`load_annotations`
+    checks a file. ``path`` names its origin in messages; ``sha256`` identifies its content."""
+    for key in _SECTIONS:
+        if not isinstance(document.get(key), list):
+            raise ValueError(f"{path}: missing or non-list '{key}' (not a COCO instances file?)")
     categories = _categories(document["categories"], path)
     images = _images(document["images"], path)
     per_image, rejects = _group_annotations(document["annotations"], images, categories, path)
@@ -76,7 +87,7 @@ def load_annotations(
         annotations=per_image,
         categories=[categories[c] for c in sorted(categories)],
         num_classes=max(categories) + 1,
-        source_sha256=hashlib.sha256(raw).hexdigest(),
+        source_sha256=sha256,
         rejects=rejects,
     )
     if strict:
