@@ -29,6 +29,7 @@ from pipelines.registry.evaluation_record import (
 )
 from pipelines.registry.register import fetched_model
 from samdetr.data.shards import read_manifest
+from samdetr.engine.class_metrics import check_threshold
 from samdetr.engine.coco_eval import METRIC_NAMES, COCOEvaluator
 from samdetr.engine.evaluation import eval_loader, ground_truth
 
@@ -54,10 +55,7 @@ class EvaluateSettings:
 
     def __post_init__(self) -> None:
         for name in ("confusion_iou_threshold", "confusion_score_threshold"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+            check_threshold(getattr(self, name), name)
         if (self.checkpoint is None) == (self.model_uri is None):
             raise ValueError("give exactly one of checkpoint=PATH or model_uri=URI")
         flag(self.record, "record")

@@ -25,8 +25,8 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["RECALL_POINTS", "ClassMetrics", "ConfusionMatrix", "confusion_matrix",
-           "per_class_metrics"]
+__all__ = ["RECALL_POINTS", "ClassMetrics", "ConfusionMatrix", "check_threshold",
+           "confusion_matrix", "per_class_metrics"]
 
 #: The recall values at which COCOeval reads precision (0, 0.01, ..., 1): the x of the curves.
 RECALL_POINTS: tuple[float, ...] = tuple(np.linspace(0.0, 1.0, 101).round(2).tolist())
@@ -133,7 +133,8 @@ class ConfusionMatrix:
                 "score_threshold": self.score_threshold}
 
 
-def _check_threshold(value: float, name: str) -> float:
+def check_threshold(value: float, name: str) -> float:
+    """``value`` as a float, if it is a number in [0, 1]; else a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
@@ -191,8 +192,8 @@ def confusion_matrix(
     """
     if not isinstance(coco_gt, COCO):
         raise TypeError(f"coco_gt must be a pycocotools COCO, got {type(coco_gt).__name__}")
-    iou_threshold = _check_threshold(iou_threshold, "iou_threshold")
-    score_threshold = _check_threshold(score_threshold, "score_threshold")
+    iou_threshold = check_threshold(iou_threshold, "iou_threshold")
+    score_threshold = check_threshold(score_threshold, "score_threshold")
     category_ids = tuple(sorted(coco_gt.getCatIds()))
     index = {c: i for i, c in enumerate(category_ids)}
     background = len(category_ids)
