@@ -25,7 +25,8 @@ Problems are reported, never silently dropped: each reject is a dict::
      "file_name": str | None, "reason": str}
 
 ``reason`` is a code, optionally followed by ``": detail"``. Image codes: ``missing_image``,
-``unreadable_image``, ``size_mismatch``, ``invalid_image_info``; box codes: ``unknown_image``,
+``unreadable_image``, ``size_mismatch``, ``invalid_image_info`` (and, from the Pascal VOC reader,
+``missing_annotation``, ``invalid_annotation``); box codes: ``unknown_image``,
 ``unknown_category``, ``degenerate_box``, ``box_outside_image``, ``invalid_box``. An image reject
 carries ``num_annotations`` (its boxes are dropped with it). Partly-outside boxes are clipped and
 kept (counter ``clipped_boxes``).
