@@ -1,6 +1,7 @@
-"""A COCO-format data set -> Parquet shards + manifest, encoded in parallel by Ray Data
-(``python -m pipelines.preprocess`` is its command line, and its docstring the usage). The
-manifest is written last: a run that dies part-way leaves a folder readers refuse."""
+"""A data set (COCO JSON, YOLO or Pascal VOC: :mod:`pipelines.data.sources`) -> Parquet shards
++ manifest, encoded in parallel by Ray Data (``python -m pipelines.preprocess`` is its command
+line, and its docstring the usage). The manifest is written last: a run that dies part-way
+leaves a folder readers refuse."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import pyarrow.fs as pafs
 
 from pipelines.common.checks import flag, non_empty
 from pipelines.common.console import connect  # Ray is heavy: imported only when a run starts
+from pipelines.data.sources import check_source, read_source, source_fields
 from samdetr.config import known_fields
 from samdetr.data.coco_rows import filesystem_reader, raise_on_rejects
-from samdetr.data.coco_source import CocoSource, load_annotations
+from samdetr.data.coco_source import CocoSource
 from samdetr.data.shard_writer import ShardTask, build_shard, combine, plan_tasks
 from samdetr.data.shards import MANIFEST_NAME, ManifestContents, clear_manifest, write_manifest
 from samdetr.data.storage import file_sizes, is_uri, resolve_fs
@@ -27,11 +29,18 @@ from samdetr.data.storage import file_sizes, is_uri, resolve_fs
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """Validated settings of one preprocessing run (paths may be local or pyarrow URIs)."""
-    annotations: str
-    images: str
+    """Validated settings of one preprocessing run (paths may be local or pyarrow URIs).
+
+    ``format`` and the source settings after it are the ``data`` config node's; each format
+    reads some of them (:data:`pipelines.data.sources.FORMATS`) and the others stay None.
+    """
     output: str
-    split: str = "train"
+    format: str = "coco"  # coco | yolo | voc
+    annotations: str | None = None  # coco: the instances JSON; yolo: the dataset YAML
+    images: str | None = None  # coco: the folder the JSON's file names are relative to
+    root: str | None = None  # voc: the folder of Annotations/, JPEGImages/, ImageSets/Main/
+    classes: tuple[str, ...] | None = None  # voc: class names in id order (None: those found)
+    split: str = "train"  # the shards' name; yolo and voc: also the split that is read
     shard_size_mb: float = 256.0
     strict: bool = False  # any rejected image or box fails the run
     prefer_exif: bool = True  # EXIF orientation when the annotation size cannot tell
@@ -40,8 +49,11 @@ class PreprocessSettings:
     verbose: bool = False  # true: Ray's INFO logs and Ray Data's progress output as well
 
     def __post_init__(self) -> None:
-        for name in ("annotations", "images", "output", "split"):
+        for name in ("output", "split"):
             non_empty(getattr(self, name), f"preprocess.{name}")
+        check_source(self.format, self.source_settings())
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
         if not self.split.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"split must be letters, digits, '-' or '_', got {self.split!r}")
         if not isinstance(self.shard_size_mb, (int, float)) or self.shard_size_mb <= 0:
@@ -52,6 +64,18 @@ class PreprocessSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSettings:
         return cls(**known_fields(cls, data, "preprocess"))
+
+    @classmethod
+    def from_config(cls, plain: dict[str, Any]) -> PreprocessSettings:
+        """The settings of a composed ``conf/preprocess.yaml`` (a plain dict): its top level,
+        and from its ``data`` node the format and what that format reads
+        (:func:`pipelines.data.sources.source_fields`)."""
+        rest = {k: v for k, v in plain.items() if k != "data"}
+        return cls.from_dict({**rest, **source_fields(plain.get("data") or {})})
+
+    def source_settings(self) -> dict[str, Any]:
+        """The source settings by name (annotations, images, root, classes)."""
+        return {name: getattr(self, name) for name in ("annotations", "images", "root", "classes")}
 
 
 def _encode_task(
@@ -170,17 +194,17 @@ def _prepare_output(config: PreprocessSettings) -> tuple[pafs.FileSystem, str]:
 
 
 def plan_preprocess(config: PreprocessSettings) -> PreprocessPlan:
-    """Prepare the output, read the annotations and plan the shards from the image sizes.
+    """Prepare the output, read the split in its format and plan the shards from the image
+    sizes.
 
     ValueError in strict mode when the annotations already hold rejects.
     """
     fs_out, out_dir = _prepare_output(config)
-    fs_ann, ann_path = resolve_fs(config.annotations, None)
-    source = load_annotations(ann_path, fs_ann)
+    read = read_source(config.format, config.source_settings(), config.split)
+    source = read.source
     if config.strict:
-        raise_on_rejects(source.rejects, context=config.annotations)
-    fs_img, image_dir = resolve_fs(config.images, None)
-    sizes = file_sizes(fs_img, image_dir, [info["file_name"] for info in source.images])
+        raise_on_rejects(source.rejects, context=source.path)
+    sizes = file_sizes(read.fs, read.images_dir, [info["file_name"] for info in source.images])
     tasks = plan_tasks(source, sizes.__getitem__, config.split, int(config.shard_size_mb * 2**20))
     fs_out.create_dir(out_dir, recursive=True)
     return PreprocessPlan(
@@ -189,7 +213,7 @@ def plan_preprocess(config: PreprocessSettings) -> PreprocessPlan:
         tasks=tasks,
         fs_out=fs_out,
         out_dir=out_dir,
-        images_uri=config.images if is_uri(config.images) else image_dir,
+        images_uri=read.images_uri,
         output_uri=config.output if is_uri(config.output) else out_dir,
     )
 
@@ -268,7 +292,7 @@ def write_preprocess_manifest(
     if config.strict and rejects:
         for shard in shards:  # the run failed: leave no orphan shards behind
             plan.fs_out.delete_file(f"{plan.out_dir.rstrip('/')}/{shard['file']}")
-        raise_on_rejects(rejects, context=config.images)
+        raise_on_rejects(rejects, context=plan.images_uri)
     contents = ManifestContents(
         split=config.split,
         shards=shards,

@@ -47,6 +47,9 @@ from support.doc_commands import (  # noqa: F401
     tracking_uri,
 )
 
+from pipelines.cli.config_store import HELPER_KEYS
+from pipelines.data.shards import PreprocessSettings
+
 
 def test_commands_were_found():
     found = {c.where.split(":")[0] for c in COMMANDS}
@@ -263,6 +266,29 @@ def test_data_synthetic_preprocess():
     make = composed(find("docs/data.md", "make_synthetic"))
     preprocess = composed(find("docs/data.md", "preprocess", "data=synthetic"))
     assert_synthetic_chain(make, preprocess)
+
+
+def test_data_formats_make_valid_settings_and_feed_train():
+    """docs/data.md's own-data commands: each is a valid run in its format (checked as
+    pipelines.preprocess checks it), and train data=custom reads the shards the VOC loop
+    writes."""
+    source = "docs/data.md"
+    commands = {
+        ("coco", "train"): find(source, "preprocess", "data.images=/data/pets/images"),
+        ("yolo", "train"): find(source, "preprocess", "data=custom", "data.format=yolo"),
+        **{("voc", split): find(source, "preprocess", "data.format=voc", f"split={split}")
+           for split in ("train", "val")},
+    }
+    written = {}
+    for (fmt, split), command in commands.items():
+        plain = {k: v for k, v in composed(command).items() if k not in HELPER_KEYS}
+        settings = PreprocessSettings.from_config(plain)
+        assert (settings.format, settings.split) == (fmt, split), command.where
+        written[fmt, split] = plain
+    assert composed(commands["voc", "train"])["data"]["classes"] == ["cat", "dog"]
+    train = composed(find(source, "train", "data=custom"))
+    assert_reads_shards(train, {split: written["voc", split] for split in ("train", "val")})
+    assert train["model"]["num_classes"] == 2
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if re.search(

@@ -36,11 +36,7 @@ def _compose(config_name: str, overrides: list[str], hydra_node: bool = False):
 
 
 def _preprocess(overrides):
-    plain = settings_dict(_compose("preprocess", overrides))
-    data = plain.pop("data")
-    return PreprocessSettings.from_dict(
-        {**plain, "annotations": data["annotations"], "images": data["images"]}
-    )
+    return PreprocessSettings.from_config(settings_dict(_compose("preprocess", overrides)))
 
 
 @pytest.mark.parametrize("data", ["coco128", "synthetic", "coco2017"])
@@ -111,9 +107,15 @@ FINGERPRINTS = {
     "train tracking=server": "99eeedc5685952a7",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
         "c5054bdf21800240",
-    "preprocess": "e4f3779aab0ea1d9",
-    "preprocess data=synthetic split=val": "84dd83cb6188b853",
-    "preprocess data=coco2017 split=val": "6980c482e6d367d3",
+    # data.format, data.root and data.classes (and data.annotations / data.images, null unless
+    # the data group sets them) joined preprocess's data node (#28: YOLO and VOC input).
+    "preprocess": "8e5b17bdb4d8af06",
+    "preprocess data=synthetic split=val": "5dd3e89a1d2c0e6f",
+    "preprocess data=coco2017 split=val": "d4e56d20b9e59197",
+    "preprocess data=custom data.name=pets data.format=voc data.root=/data/pets-voc":
+        "040e08ae2c3e9cda",
+    "preprocess data=custom data.name=mine data.format=yolo data.annotations=/data/mine/data.yaml":
+        "9169b6d9faf39836",
     "evaluate shards=x": "74f5a009fe477a97",
     "promote shards=x": "d557713e4f732d01",
     "submit": "5eb3490e066d041b",

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("ray")
 
 import ray  # noqa: E402
+from support.label_formats import CLASSES, write_coco, write_voc, write_yolo  # noqa: E402
 
 from pipelines.data.shards import (  # noqa: E402
     PreprocessSettings,
@@ -18,7 +19,12 @@ from pipelines.data.shards import (  # noqa: E402
     format_summary,
     run_preprocess,
 )
-from samdetr.data.shards import ShardDataset, read_manifest, verify_shards  # noqa: E402
+from samdetr.data.shards import (  # noqa: E402
+    ShardDataset,
+    iter_rows,
+    read_manifest,
+    verify_shards,
+)
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +173,32 @@ def test_progress_lines_are_throttled_and_estimate_the_time_left():
     assert slow.line(elapsed=10.0).endswith("0.0 images/s, ? s left")
     slow.images_done = 1
     assert slow.line(elapsed=10.0).endswith("0.1 images/s, 16m30s left")
+
+
+def test_yolo_and_voc_trees_give_the_shards_of_the_same_coco_file(local_ray, tmp_path):
+    """data.format=yolo and data.format=voc: the same labels as a COCO file give the same rows
+    (but the file names, which follow each layout) and the same categories in the manifest."""
+    annotations, images = write_coco(tmp_path / "coco")
+    given = {
+        "coco": {"annotations": str(annotations), "images": str(images)},
+        "yolo": {"format": "yolo", "annotations": str(write_yolo(tmp_path / "yolo"))},
+        "voc": {"format": "voc", "root": str(write_voc(tmp_path / "voc")), "classes": CLASSES},
+    }
+    rows, manifests = {}, {}
+    for name, settings in given.items():
+        out = tmp_path / f"shards-{name}"
+        manifests[name] = run_preprocess(PreprocessSettings(output=str(out), **settings))
+        verify_shards(read_manifest(out))
+        rows[name] = list(iter_rows(read_manifest(out), shard_dir=str(out)))
+    assert [r["file_name"] for r in rows["yolo"]][:1] == ["images/train/a.jpg"]
+    assert [r["file_name"] for r in rows["voc"]][:1] == ["JPEGImages/a.jpg"]
+    expected = [{k: v for k, v in r.items() if k != "file_name"} for r in rows["coco"]]
+    assert len(expected) == 3 and sum(len(r["boxes"]) for r in expected) == 3
+    for name in ("yolo", "voc"):
+        assert [{k: v for k, v in r.items() if k != "file_name"} for r in rows[name]] == \
+            expected, name
+        manifest = manifests[name]
+        assert manifest["categories"] == manifests["coco"]["categories"], name
+        assert [c["name"] for c in manifest["categories"]] == CLASSES
+        assert manifest["num_classes"] == 3 and manifest["rejects"] == []
+        assert manifest["config"]["format"] == name
