@@ -67,6 +67,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
         raise ValueError(f"{path} is not a readable samdetr checkpoint: {err}") from err
+    check_payload(payload, path)
+    return payload
+
+
+def check_payload(payload: Any, path: str | Path) -> None:
+    """ValueError unless ``payload`` (loaded from ``path``) is a checkpoint of this format and
+    version."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a samdetr checkpoint (for official SAM-DETR files use "
@@ -76,7 +83,6 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(
             f"{path} has checkpoint version {payload.get('version')}, expected {VERSION}"
         )
-    return payload
 
 
 def load_checkpoint(

@@ -194,6 +194,11 @@ def read_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises UnpicklingError and friends
             raise ValueError(f"{path} is not a safely loadable checkpoint: {err}") from err
+    return official_parts(ckpt, path)
+
+
+def official_parts(ckpt: Any, path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, args)`` of an official checkpoint already loaded from ``path``."""
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise ValueError(
             f"{path} has no 'model' state dict; is it an official SAM-DETR checkpoint?"

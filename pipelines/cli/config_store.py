@@ -3,7 +3,7 @@
 Config flows one way: Hydra YAML -> typed dataclasses (validated once) -> constructor args. The
 defaults live in the dataclasses alone; :func:`register_defaults` stores a plain node of each
 one's field defaults in Hydra's ConfigStore as ``<group>/base`` (``model/base``,
-``loss/base``, ``optim/base``, ``data/base``, ``trainer/base``, ``tracking/base``,
+``loss/base``, ``optim/base``, ``data/base``, ``trainer/base``, ``tracking/base``, ``init/base``,
 ``study/base``, ``sweep/base``), and the
 group YAMLs start from it (``defaults: [base]``) and set their differences. A field without a
 default is ``???`` (mandatory); tuples become lists. Plain nodes, not structured configs: the
@@ -24,7 +24,7 @@ from pipelines.jobs.settings import SubmitSettings
 from pipelines.promotion.gate import PromoteSettings
 from pipelines.studies.run import StudySettings
 from pipelines.sweeps.settings import SweepSettings
-from pipelines.training.settings import DataSettings, TrainerSettings
+from pipelines.training.settings import DataSettings, InitSettings, TrainerSettings
 
 #: Top-level keys of the composed configs that only feed interpolations (conf/paths.yaml).
 HELPER_KEYS = ("output_root",)
@@ -68,6 +68,7 @@ def default_classes() -> dict[str, type]:
         "data": DataSettings,
         "trainer": TrainerSettings,
         "tracking": TrackingSettings,
+        "init": InitSettings,
     }
 
 

@@ -33,9 +33,9 @@ from samdetr.checkpoint import load_checkpoint, save_checkpoint
 
 MODEL_CODE = Path(__file__).with_name("pyfunc.py")
 # Checkpoint entries kept in the model besides the weights and config: what the predictor reads
-# and what the model's facts (pipelines.registry.model_facts) name: data checksums and the source
-# run.
-KEPT_EXTRAS = ("eval_transform", "categories", "data", "mlflow_run_id")
+# and what the model's facts (pipelines.registry.model_facts) name: data checksums, the source
+# run and the pretrained model it was fine-tuned from.
+KEPT_EXTRAS = ("eval_transform", "categories", "data", "mlflow_run_id", "init_from")
 # Distributions `samdetr.inference` imports at load time (mlflow itself is added by MLflow).
 RUNTIME_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scipy", "pycocotools", "pandas")
 

@@ -32,13 +32,16 @@ class ModelFacts:
     ``eval_transform``: ``{"size": shorter side, "max_size": longer side cap}`` in pixels.
     ``train_sha256`` / ``val_sha256``: manifest checksums of the training and validation shard
     sets (``None`` when the checkpoint predates them). ``source_run_id``: the training run.
-    ``config``: the detector config as a dict."""
+    ``config``: the detector config as a dict. ``finetuned_from``: the lineage of the
+    pretrained model it started from (:meth:`samdetr.pretrained.PretrainedWeights.lineage`;
+    None: trained from ImageNet weights or from scratch)."""
     categories: tuple[tuple[int, str], ...]
     eval_transform: dict[str, int]
     train_sha256: str | None
     val_sha256: str | None
     source_run_id: str | None
     config: dict[str, Any]
+    finetuned_from: dict[str, Any] | None = None
 
     def category_names(self) -> list[str]:
         return [name for _, name in self.categories]
@@ -69,6 +72,10 @@ class ModelFacts:
         }
         if len(config) <= MAX_TAG_CHARS:
             tags[PREFIX + "config"] = config
+        if self.finetuned_from:
+            origin = self.finetuned_from
+            tags[PREFIX + "finetuned_from"] = str(origin.get("origin"))[:MAX_TAG_CHARS]
+            tags[PREFIX + "finetuned_from_sha256"] = str(origin.get("sha256"))
         for key in ("categories", "category_ids"):  # COCO's 80 names fit; a huge set does not
             if len(tags[PREFIX + key]) > MAX_TAG_CHARS:
                 tags[PREFIX + key] = tags[PREFIX + key][: MAX_TAG_CHARS - 3] + "..."
@@ -88,6 +95,7 @@ def facts_of_checkpoint(path: str | os.PathLike[str]) -> ModelFacts:
         val_sha256=data.get("val_manifest_sha256") or None,
         source_run_id=payload.get("mlflow_run_id") or None,
         config=dict(payload["config"]),
+        finetuned_from=dict(payload["init_from"]) if payload.get("init_from") else None,
     )
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ def _default_variants() -> dict[str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class StudySettings:
-    """What to compare. ``variants``: name -> the ``model`` fields it changes; every variant
+    """What to compare. ``variants``: name -> the settings it changes (``model`` fields by
+    name, others as ``node.field``: ``init.weights``, ``optim.freeze``); every variant
     runs with every seed in ``seeds``; ``baseline`` names the variant the others are read
     against. ``report``: Markdown file to (re)write, its plot beside it (None: no file).
     ``make_data``: ``{split: images}`` of synthetic shapes to generate into the configured
@@ -89,13 +91,15 @@ def plan_runs(study: StudySettings, base: TrainSettings) -> list[StudyRun]:
     runs = []
     raw = base.to_dict()
     for variant, fields in study.variants.items():
-        unknown = set(fields) - set(raw["model"])
+        unknown = sorted(key for key in fields if not _known(raw, key))
         if unknown:
-            raise ValueError(f"study.variants.{variant} sets unknown model fields "
-                             f"{sorted(unknown)}")
+            raise ValueError(f"study.variants.{variant} sets unknown settings {unknown}: a "
+                             "model field (smca) or node.field (init.weights, optim.freeze)")
         for seed in study.seeds:
             data = json.loads(json.dumps(raw))  # a deep, plain copy
-            data["model"].update(fields)
+            for key, value in fields.items():
+                node, _, name = key.rpartition(".")
+                data[node or "model"][name] = value
             data["trainer"].update(seed=seed, run_name=f"{study.name}-{variant}-s{seed}")
             data["tracking"].update(registered_model=None, alias=None)
             try:
@@ -104,6 +108,13 @@ def plan_runs(study: StudySettings, base: TrainSettings) -> list[StudyRun]:
                 raise ValueError(f"study variant {variant!r}: {err}") from err
             runs.append(StudyRun(f"{variant}-s{seed}", variant, seed, settings))
     return runs
+
+
+def _known(raw: dict[str, Any], key: str) -> bool:
+    """``key`` names a setting of ``raw``: a model field, or ``node.field`` of another node (a
+    fine-tuning study's ``init.weights``)."""
+    node, _, name = key.rpartition(".")
+    return isinstance(raw.get(node or "model"), dict) and name in raw[node or "model"]
 
 
 def run_study(study: StudySettings, base: TrainSettings, command: str) -> dict[str, Any]:
@@ -189,11 +200,25 @@ def _facts(record: dict[str, Any], command: str, seconds: float) -> dict[str, st
         machine = f"{os.cpu_count()} CPUs ({platform.machine()}), no GPU"
     return {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "commit": _commit(),
         "command": f"`{command}`",
         "machine": f"{machine}, torch {torch.__version__}",
         "wall time": f"{total / 60:.1f} min of training over {len(record['runs'])} runs "
                      f"({seconds / 60:.1f} min in the last invocation)",
     }
+
+
+def _commit() -> str:
+    """The checkout's commit (``+ changes`` when the tree differs from it), so a figure names
+    the code that made it; ``unknown`` outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} + changes" if dirty.strip() else head
 
 
 def _read_record(storage_path: str, name: str) -> dict[str, Any]:

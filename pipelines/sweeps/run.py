@@ -17,6 +17,7 @@ from pipelines.sweeps.tracking import complete_trial, log_results, register_winn
 from pipelines.sweeps.tuner import build_tuner, check_resources, fit
 from pipelines.training.backbone_weights import check_backbone_weights
 from pipelines.training.preflight import check_cluster
+from pipelines.training.pretrained import fetch_pretrained
 from pipelines.training.run import check_data
 from pipelines.training.run_record import (
     config_differences,
@@ -43,7 +44,10 @@ def run_sweep(sweep: SweepSettings, base: TrainSettings, config_yaml: str = "") 
     check_against(sweep, base)
     # Read once here for every trial: the trials' drivers and workers run on other nodes,
     # which may have no network access and no copy of the file.
-    backbone_state = check_backbone_weights(base.detector.model.backbone.weights)
+    pretrained = (fetch_pretrained(base.init.weights, base.tracking.resolved_uri())
+                  if base.init.weights is not None else None)
+    backbone_state = (check_backbone_weights(base.detector.model.backbone.weights)
+                      if pretrained is None else None)
     if base.tracking.enabled:
         check_reachable(base.tracking.resolved_uri())
     record = _open_record(sweep, base)
@@ -59,7 +63,7 @@ def run_sweep(sweep: SweepSettings, base: TrainSettings, config_yaml: str = "") 
     _write_record(base, sweep, record)
     check_resources(sweep, base)
     started = time.perf_counter()
-    results = fit(build_tuner(sweep, base, parent, backbone_state))
+    results = fit(build_tuner(sweep, base, parent, backbone_state, pretrained))
     outcomes = _outcomes(results, sweep, base)
     if not outcomes:
         raise RuntimeError(f"sweep {sweep.name!r} ran no trial")

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.sweeps.settings import SweepSettings, trial_settings
 from pipelines.training.run import run_training
+from samdetr.pretrained import PretrainedWeights
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,12 @@ class TrialJob:
 
 
 def train_trial(config: dict[str, Any], job: dict[str, Any],
-                backbone: tuple[str | None, dict[str, Any] | None] = (None, None)) -> None:
+                backbone: tuple[str | None, dict[str, Any] | None] = (None, None),
+                pretrained: tuple[str | None, PretrainedWeights | None] = (None, None)) -> None:
     """Tune's function trainable: ``config`` is the trial's draw from the search space.
     ``backbone``: ``(model.backbone.weights, its state dict)`` as the sweep's driver read them
     (once, for every trial: Tune's object store carries them), used when the trial starts
-    from those weights."""
+    from those weights; ``pretrained``: the same for ``init.weights``."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -44,4 +46,6 @@ def train_trial(config: dict[str, Any], job: dict[str, Any],
     settings = trial_settings(trial.base, sweep, config, trial_id, trial.parent_run_id)
     name, state = backbone
     shared = state if settings.detector.model.backbone.weights == name else None
-    run_training(settings, callbacks=[TuneReportCallback()], backbone_state=shared)
+    init_name, weights = pretrained
+    run_training(settings, callbacks=[TuneReportCallback()], backbone_state=shared,
+                 pretrained=weights if settings.init.weights == init_name else None)

@@ -13,6 +13,7 @@ from pipelines.sweeps.settings import SweepSettings, leaves, runs_root, search_s
 from pipelines.sweeps.trial import TrialJob, train_trial
 from pipelines.training.run_record import list_runs, run_history, write_json
 from pipelines.training.settings import TrainSettings
+from samdetr.pretrained import PretrainedWeights
 
 
 def experiment_path(base: TrainSettings, sweep: SweepSettings) -> str:
@@ -21,16 +22,19 @@ def experiment_path(base: TrainSettings, sweep: SweepSettings) -> str:
 
 
 def build_tuner(sweep: SweepSettings, base: TrainSettings, parent_run_id: str | None,
-                backbone_state: dict[str, Any] | None = None) -> Any:
+                backbone_state: dict[str, Any] | None = None,
+                pretrained: PretrainedWeights | None = None) -> Any:
     """A new Tuner, or the stored one restored (finished trials kept, unfinished and errored
     ones resumed: their Train runs go on from their latest checkpoints). ``backbone_state``:
-    the base's ImageNet weights, read once by this driver for every trial."""
+    the base's ImageNet weights, and ``pretrained`` its ``init.weights``, each read once by
+    this driver for every trial."""
     from ray import tune
 
     job = TrialJob(base.to_dict(), sweep.to_dict(), parent_run_id).as_dict()
     backbone = (base.detector.model.backbone.weights, backbone_state)
+    init = (base.init.weights, pretrained)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, job=job, backbone=backbone),
+        tune.with_parameters(train_trial, job=job, backbone=backbone, pretrained=init),
         {"CPU": float(sweep.trial_cpus)})
     path = experiment_path(base, sweep)
     if tune.Tuner.can_restore(path):

@@ -54,8 +54,14 @@ def absolute_weights(weights: str | None) -> str | None:
 def share_backbone_weights(state: dict[str, torch.Tensor] | None) -> Any:
     """An object-store reference to ``state`` (read on the driver) for the workers to load
     instead of reading the weights themselves; None for None. Needs Ray to be up."""
-    if state is None:
+    return share_object(state)
+
+
+def share_object(value: Any) -> Any:
+    """An object-store reference to ``value`` (read once on the driver: weights the workers
+    load); None for None. Needs Ray to be up."""
+    if value is None:
         return None
     import ray
 
-    return ray.put(state)
+    return ray.put(value)

@@ -26,6 +26,10 @@ class TrainJob:
     ``backbone_weights``: an object-store reference to the ImageNet state dict the driver read
     (:func:`pipelines.training.backbone_weights.share_backbone_weights`), which a fresh start loads
     instead of reading ``model.backbone.weights`` on every worker; None: workers read them.
+    ``pretrained``: an object-store reference to the
+    :class:`samdetr.pretrained.PretrainedWeights` of ``init.weights`` (read and checked by the
+    driver), which a fresh start transfers instead of loading ImageNet weights; None: none.
+    ``init_from``: its lineage, kept in every checkpoint (``{}``: not fine-tuned).
     """
     run_id: str | None
     tracking_uri: str | None
@@ -35,6 +39,8 @@ class TrainJob:
     data_sha256: dict[str, str] = field(default_factory=dict)
     fit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     backbone_weights: Any = None
+    pretrained: Any = None
+    init_from: dict[str, Any] = field(default_factory=dict)
 
     def loop_config(self, settings: TrainSettings) -> dict[str, Any]:
         """The plain ``train_loop_config`` dict that crosses into the workers."""

@@ -8,6 +8,7 @@ over the workers, checkpoints, and rank 0's MLflow logging.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -28,8 +29,9 @@ from pipelines.data.ingest import EpochClock, PadCollate
 from pipelines.training.job import TrainJob
 from pipelines.training.pictures import picture_images, pictures_grid, unwrap
 from pipelines.training.plots import convergence_figure
+from pipelines.training.pretrained import start_model
 from pipelines.training.settings import TrainSettings
-from samdetr.builder import build_criterion, build_model
+from samdetr.builder import build_criterion
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
 from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
 from samdetr.engine.evaluation import eval_loader, ground_truth
@@ -130,17 +132,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     seed_everything(settings.trainer.seed + rank)
 
     checkpoint = ray.train.get_checkpoint()
-    # ImageNet backbone weights only for a fresh start; a checkpoint has all the weights.
-    pretrained = checkpoint is None and settings.detector.model.backbone.weights is not None
-    # As the driver read them (one read for the run; a GPU node may have no network access).
-    shared = ray.get(job.backbone_weights) if pretrained and job.backbone_weights is not None \
-        else None
-    model = build_model(settings.detector, load_pretrained=pretrained,
-                        backbone_state=shared).to(device)
+    # Starting weights only for a fresh start (a checkpoint has all the weights), as the
+    # driver read them: one read for the run, and a GPU node may have no network access.
+    fresh = checkpoint is None
+    pretrained = ray.get(job.pretrained) if fresh and job.pretrained is not None else None
+    shared = ray.get(job.backbone_weights) if fresh and pretrained is None \
+        and job.backbone_weights is not None else None
+    model, _ = start_model(settings, pretrained, shared, fresh)
+    model = model.to(device)
     criterion = build_criterion(settings.detector).to(device)
     optimizer = build_optimizer(model, settings.optim)
     scheduler = build_scheduler(optimizer, settings.optim)
     payload = _restore(checkpoint, model, optimizer, scheduler)
+    if payload is not None and payload.get("init_from"):  # what the run was fine-tuned from
+        job = dataclasses.replace(job, init_from=dict(payload["init_from"]))
     model = ray.train.torch.prepare_model(model)
 
     logger = None
@@ -366,6 +371,7 @@ def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _P
                 categories=list(job.categories),
                 data=dict(job.data_sha256),
                 mlflow_run_id=job.run_id or "",
+                init_from=dict(job.init_from),
             )
             with open(os.path.join(folder, HISTORY_FILE), "w") as out:
                 json.dump(progress.history, out, default=float)

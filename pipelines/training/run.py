@@ -8,6 +8,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.common.checkpoints import checkpoint_uri
@@ -23,9 +24,14 @@ from pipelines.common.tracking import (
 )
 from pipelines.data.ingest import EpochClock
 from pipelines.registry.register import log_best_model
-from pipelines.training.backbone_weights import check_backbone_weights, share_backbone_weights
+from pipelines.training.backbone_weights import (
+    check_backbone_weights,
+    share_backbone_weights,
+    share_object,
+)
 from pipelines.training.job import TrainJob
 from pipelines.training.preflight import check_cluster
+from pipelines.training.pretrained import check_start, fetch_pretrained, log_start
 from pipelines.training.run_record import (
     RunRecord,
     config_differences,
@@ -37,6 +43,7 @@ from pipelines.training.run_record import (
 from pipelines.training.settings import TrainSettings, flatten
 from pipelines.training.trainer import build_trainer
 from samdetr.engine.evaluation import manifest_summary
+from samdetr.pretrained import PretrainedWeights
 
 
 def check_data(settings: TrainSettings) -> dict[str, Any]:
@@ -62,20 +69,31 @@ def check_data(settings: TrainSettings) -> dict[str, Any]:
 
 def run_training(settings: TrainSettings, config_yaml: str = "",
                  callbacks: Sequence[Any] = (),
-                 backbone_state: dict[str, Any] | None = None) -> dict[str, Any]:
+                 backbone_state: dict[str, Any] | None = None,
+                 pretrained: PretrainedWeights | None = None) -> dict[str, Any]:
     """Train (or resume) the run; returns a summary with the best checkpoint and metrics.
 
     Local paths in ``settings`` are made absolute here, once, against the current folder.
     ``callbacks``: Ray Train callbacks of the run (a Tune trial passes ``TuneReportCallback``).
     ``backbone_state``: the ImageNet weights of ``model.backbone.weights``, already read (a
     sweep's driver reads them once for all its trials); None: read here, for a fresh run.
+    ``pretrained``: the same for ``init.weights`` (the detector it fine-tunes from).
     The workers load them from Ray's object store, never from disk or network themselves.
     """
     settings = settings.resolved()
     previous = previous_record(settings)
     data = check_data(settings)
-    if backbone_state is None and previous is None:  # a resumed run's checkpoint has them
-        backbone_state = check_backbone_weights(settings.detector.model.backbone.weights)
+    if previous is None:  # a resumed run's checkpoint has all its weights
+        if settings.init.weights is not None:
+            pretrained = pretrained or fetch_pretrained(settings.init.weights,
+                                                        settings.tracking.resolved_uri())
+        elif backbone_state is None:
+            backbone_state = check_backbone_weights(settings.detector.model.backbone.weights)
+    else:
+        pretrained = None
+    start = check_start(settings, pretrained)
+    for line in start.get("lines", ()):
+        _say(f"init.weights={settings.init.weights}: {line}")
     if settings.tracking.enabled:  # before any minute is spent on training
         check_reachable(settings.tracking.resolved_uri())
     _connect(settings.trainer.ray_address, settings.trainer.verbose)
@@ -83,9 +101,13 @@ def run_training(settings: TrainSettings, config_yaml: str = "",
     run_id, uri = open_tracking(settings, previous, config_yaml)
     store_record(settings, previous, run_id, uri)
     warnings: list[str] = []
+    if run_id is not None and start:
+        quietly("log what the run starts from", log_start, uri, run_id, start,
+                warnings=warnings)
     try:
-        summary = _fit(settings, data, run_id, uri, callbacks,
-                       share_backbone_weights(backbone_state))
+        summary = _fit(settings, data, run_id, uri, callbacks, StartWeights(
+            share_backbone_weights(backbone_state), share_object(pretrained),
+            start.get("lineage", {})))
     except BaseException:
         if run_id is not None:  # whatever stopped the run, MLflow must not show it running
             quietly("mark the MLflow run FAILED", finish_run, uri, run_id, False,
@@ -164,8 +186,17 @@ def _say(line: str) -> None:
     print(f"[samdetr] {line}", flush=True)
 
 
+@dataclass(frozen=True)
+class StartWeights:
+    """What a fresh start's workers load, as object-store references (None: nothing), and the
+    lineage of ``pretrained`` that its checkpoints keep."""
+    backbone: Any = None
+    pretrained: Any = None
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
 def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
-         uri: str | None, callbacks: Sequence[Any] = (), backbone: Any = None
+         uri: str | None, callbacks: Sequence[Any] = (), start: StartWeights = StartWeights()
          ) -> dict[str, Any]:
     """Ray Train's run (with the run's epoch clock); the summary of its checkpoints."""
     clock = EpochClock.create(settings.trainer.run_name)
@@ -174,7 +205,8 @@ def _fit(settings: TrainSettings, data: dict[str, Any], run_id: str | None,
                      for split in ("train", "val")}
         job = TrainJob(run_id, uri, data["train"]["categories"], clock.name,
                        train_images=data["train"]["images"], data_sha256=checksums,
-                       backbone_weights=backbone)
+                       backbone_weights=start.backbone, pretrained=start.pretrained,
+                       init_from=dict(start.lineage))
         trainer = build_trainer(settings, job, callbacks)
         start = time.perf_counter()
         return _summarise(trainer.fit(), settings, time.perf_counter() - start, job.fit_id)

@@ -22,7 +22,7 @@ from samdetr.engine.coco_eval import METRIC_NAMES
 from samdetr.engine.optim import OptimConfig
 
 #: Keys of a ``data`` config group (conf/data/*.yaml) that only preprocessing reads.
-SOURCE_KEYS = ("annotations", "images", "root")
+SOURCE_KEYS = ("annotations", "images", "root", "format", "classes")
 
 
 def _without_source(data: Any) -> Any:
@@ -156,6 +156,34 @@ class TrainerSettings:
         return resources
 
 
+@dataclass(frozen=True)
+class InitSettings:
+    """The pretrained detector a run starts from (fine-tuning), instead of ImageNet weights.
+
+    ``weights``: an official SAM-DETR checkpoint, a checkpoint of this project (a file or a Ray
+    Train checkpoint folder), local or at a URI (``s3://...``), or a model of the MLflow
+    registry (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/ID/model``) in the
+    run's tracking store. ``min_loaded``: the share of the model's weights that must load from
+    it, else the run is refused (a file of another architecture).
+    """
+    weights: str | None = None
+    min_loaded: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.weights is not None:
+            non_empty(self.weights, "init.weights")
+        if isinstance(self.min_loaded, bool) or not isinstance(self.min_loaded, (int, float)) \
+                or not 0.0 <= self.min_loaded <= 1.0:
+            raise ValueError(f"init.min_loaded must be a share in [0, 1], got {self.min_loaded!r}")
+
+    def resolved(self) -> InitSettings:
+        """``weights`` made absolute if it is a local path; URIs as they are."""
+        if self.weights is None or is_uri(self.weights) or self.weights.startswith(
+                ("models:/", "runs:/")):
+            return self
+        return dataclasses.replace(self, weights=absolute(Path(self.weights).expanduser()))
+
+
 #: The registered model that training (tracking=server), sweeps, the demo, promotion, prediction
 #: and serving name unless told otherwise: one name, so that each step finds what the last made.
 REGISTERED_MODEL = "sam-detr"
@@ -169,6 +197,7 @@ class TrainSettings:
     data: DataSettings
     trainer: TrainerSettings
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    init: InitSettings = field(default_factory=InitSettings)
 
     def __post_init__(self) -> None:
         check_global_batch(self.trainer, self.data)
@@ -194,6 +223,7 @@ class TrainSettings:
             tracking=TrackingSettings(
                 **known_fields(TrackingSettings, data.get("tracking") or {}, "tracking")
             ),
+            init=InitSettings(**known_fields(InitSettings, data.get("init") or {}, "init")),
         )
 
     def resolved(self) -> TrainSettings:
@@ -220,7 +250,7 @@ class TrainSettings:
         detector = dataclasses.replace(
             self.detector, model=dataclasses.replace(model, backbone=backbone))
         return dataclasses.replace(self, detector=detector, data=data, trainer=trainer,
-                                   tracking=tracking)
+                                   tracking=tracking, init=self.init.resolved())
 
     def local_paths(self) -> dict[str, str]:
         """``{setting: path}`` of the settings that name local files (not URIs), which every
@@ -245,6 +275,7 @@ class TrainSettings:
             "data": dataclasses.asdict(self.data),
             "trainer": dataclasses.asdict(self.trainer),
             "tracking": dataclasses.asdict(self.tracking),
+            "init": dataclasses.asdict(self.init),
         }
 
 
@@ -274,6 +305,7 @@ class _Raw:  # the top-level keys accepted by TrainSettings.from_dict
     data: Any = None
     trainer: Any = None
     tracking: Any = None
+    init: Any = None
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -61,12 +61,20 @@ class SAMDETR(nn.Module):
 
     def reset_head_parameters(self, prior_prob: float = 0.01) -> None:
         """Class bias at the focal-loss prior, zero last layer of every box head."""
-        bias = -math.log((1 - prior_prob) / prior_prob)
-        for head in self.class_heads:
-            nn.init.constant_(head.bias, bias)
+        self.reset_class_heads(prior_prob, weights=False)
         for head in self.transformer.decoder.box_heads:
             nn.init.zeros_(head.layers[-1].weight)
             nn.init.zeros_(head.layers[-1].bias)
+
+    def reset_class_heads(self, prior_prob: float = 0.01, weights: bool = True) -> None:
+        """Every class head's bias at the focal-loss prior ``-log((1 - p) / p)``, so that early
+        training is not swamped by the loss of confident negatives; with ``weights``, the
+        weights drawn anew as ``nn.Linear`` draws them (a head re-made for other classes)."""
+        bias = -math.log((1 - prior_prob) / prior_prob)
+        for head in self.class_heads:
+            if weights:
+                head.reset_parameters()
+            nn.init.constant_(head.bias, bias)
 
     def _transformer(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, list]:
         """Backbone, input projection(s), position encoding(s) and the transformer."""

@@ -86,27 +86,29 @@ def fingerprint(config_name: str, overrides: list[str]) -> str:
 # unset: a change to what a command composes to shows here. A deliberate change of a composed
 # config changes its fingerprint: update it here then.
 FINGERPRINTS = {
-    "train": "cad9b1d55a5fbd86",
-    "train experiment=shapes_small": "8baec8eddb517ca4",
-    "train experiment=sam_detr_r50_dc5_e12": "e9fa2b538c8ec9e1",
-    "train experiment=sam_detr_r50_dc5_e50": "ac041ccd5d2696d2",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "8da131856902e871",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "be846504e61d3f78",
-    "train experiment=sam_detr_r50_e12": "600670d9d17595ba",
-    "train experiment=sam_detr_r50_e50": "5987e2383b2180c1",
-    "train experiment=sam_detr_r50_smca_e12": "18e9f1199f5a13d4",
-    "train experiment=sam_detr_r50_smca_e50": "8485a50d332e751e",
-    "train model=baseline_r50": "739d07e3c8163606",
-    "train model=sam_detr_r50": "06f5367691ab6dc8",
-    "train model=sam_detr_r50_dc5": "3d5b86b88c586aaa",
-    "train model=sam_detr_r50_dc5_smca": "8b8698989c5c0d19",
-    "train model=sam_detr_r50_smca": "910ff33c7cae6e10",
-    "train data=coco128": "cce4b3a7a22e616c",
-    "train data=coco2017": "6bd1ef8452d6576c",
-    "train trainer=gpu": "8baa1115637515aa",
-    "train tracking=server": "99eeedc5685952a7",
+    # optim.freeze, optim.lr_groups and the init node (init.weights, init.min_loaded) joined
+    # train, tune and study (#28: fine-tuning from a pretrained detector).
+    "train": "5e63cd60facdf80a",
+    "train experiment=shapes_small": "03eafe1d15476ee3",
+    "train experiment=sam_detr_r50_dc5_e12": "4d7801f51b9bcff5",
+    "train experiment=sam_detr_r50_dc5_e50": "d4b7de6e919f1c77",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "1df7d8fd3d0b6bbc",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "9cdf24f44b6ec928",
+    "train experiment=sam_detr_r50_e12": "74f5afb4e97ed4f4",
+    "train experiment=sam_detr_r50_e50": "d7b224ac66df5536",
+    "train experiment=sam_detr_r50_smca_e12": "a12d2e618c85afa7",
+    "train experiment=sam_detr_r50_smca_e50": "a6d5caebef3344dd",
+    "train model=baseline_r50": "6f5f285564f97cca",
+    "train model=sam_detr_r50": "d31a5bffa9f31c0a",
+    "train model=sam_detr_r50_dc5": "a1c2c007be145ad8",
+    "train model=sam_detr_r50_dc5_smca": "35fa97ddd0515446",
+    "train model=sam_detr_r50_smca": "1f90d15fde24d67d",
+    "train data=coco128": "00a54e1570432448",
+    "train data=coco2017": "4193d7abc46a7ed2",
+    "train trainer=gpu": "2c664500ddc8cfd8",
+    "train tracking=server": "fb5468bb4b19a358",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "c5054bdf21800240",
+        "8d34c98aeca27ba8",
     # data.format, data.root and data.classes (and data.annotations / data.images, null unless
     # the data group sets them) joined preprocess's data node (#28: YOLO and VOC input).
     "preprocess": "8e5b17bdb4d8af06",
@@ -120,11 +122,11 @@ FINGERPRINTS = {
     "promote shards=x": "d557713e4f732d01",
     "submit": "5eb3490e066d041b",
     "make_synthetic": "6bf71df80590184c",
-    "study": "83e27dac121cdaaf",
-    "tune": "89f3db9c2a7c5f55",
-    "tune sweep=m_smca_lr": "cd14be81f19e3d27",
+    "study": "dbf94c27cd7d6f18",
+    "tune": "7debba97a8f067f2",
+    "tune sweep=m_smca_lr": "fc77a6973845708e",
     "tune experiment=sam_detr_r50_e12 data=coco2017 trainer=gpu tracking=server":
-        "37f13d7593b31f13",
+        "7e95b252c928fcc9",
 }
 
 

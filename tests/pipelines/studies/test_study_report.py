@@ -117,10 +117,25 @@ def test_bad_study_settings_are_refused(fields, message):
         StudySettings(**fields)
 
 
+def test_variants_set_other_nodes_by_node_and_field(tmp_path):
+    study = StudySettings(baseline="scratch", seeds=(0,), variants={
+        "scratch": {}, "finetuned": {"init.weights": str(tmp_path / "a.pth"),
+                                     "optim.freeze": ["backbone"], "num_queries": 5}})
+    runs = {run.variant: run.settings for run in plan_runs(study, _base())}
+    assert runs["scratch"].init.weights is None and runs["scratch"].optim.freeze == ()
+    tuned = runs["finetuned"]
+    assert tuned.init.weights == str(tmp_path / "a.pth")
+    assert tuned.optim.freeze == ("backbone",) and tuned.detector.model.num_queries == 5
+
+
 def test_a_bad_variant_is_refused_before_anything_trains():
     typo = StudySettings(variants={"baseline": {"decodr": "baseline"}})
-    with pytest.raises(ValueError, match=r"study.variants.baseline sets unknown model fields"):
+    with pytest.raises(ValueError, match=r"study.variants.baseline sets unknown settings "
+                                         r"\['decodr'\]"):
         plan_runs(typo, _base())
+    node_typo = StudySettings(variants={"baseline": {"init.weigths": "a.pth"}})
+    with pytest.raises(ValueError, match=r"unknown settings \['init.weigths'\]"):
+        plan_runs(node_typo, _base())
     clash = StudySettings(variants={"baseline": {"decoder": "baseline", "smca": True}})
     with pytest.raises(ValueError, match="study variant 'baseline': .*smca"):
         plan_runs(clash, _base())

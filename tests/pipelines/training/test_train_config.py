@@ -282,6 +282,27 @@ def test_command_line_overrides_reach_the_settings():
     assert settings.data.shuffle_buffer == 0
 
 
+def test_fine_tuning_settings_reach_the_settings():
+    settings = TrainSettings.from_dict(_compose([
+        "init.weights=models:/sam-detr@champion", "init.min_loaded=0.9",
+        "optim.freeze=[backbone,encoder]", "+optim.lr_groups.class_heads=1e-3",
+    ]))
+    assert settings.init.weights == "models:/sam-detr@champion"
+    assert settings.init.min_loaded == 0.9
+    assert settings.optim.freeze == ("backbone", "encoder")
+    assert settings.optim.lr_groups == {"class_heads": 1e-3}
+
+
+def test_a_data_group_may_carry_what_only_preprocessing_reads():
+    """A user's own data group names its source for preprocess (format, root, classes): the
+    same group then trains, and training leaves those keys out."""
+    plain = _compose(["tracking.enabled=false"])
+    plain["data"].update(format="voc", root="/data/pets", classes=["cat", "dog"],
+                         annotations=None, images=None)
+    data = TrainSettings.from_dict(plain).to_dict()["data"]
+    assert not {"format", "root", "classes", "annotations", "images"} & set(data)
+
+
 def test_a_misspelt_field_fails_at_composition():
     with pytest.raises(ConfigCompositionException, match="num_querys"):
         _compose_cfg(["model.num_querys=100"])

@@ -221,3 +221,69 @@ def test_workers_load_the_imagenet_weights_the_driver_read(workspace, tmp_path):
     assert torch.equal(model.backbone.body.conv1.weight, state["conv1.weight"])
     assert torch.equal(model.backbone.body.layer4[1].conv2.weight,
                        state["layer4.1.conv2.weight"])
+
+
+def _official_file(fixture, path) -> str:
+    """The official-tiny fixture's weights (ResNet-50, 91 classes) as an official checkpoint."""
+    import argparse
+
+    from samdetr.official_fixture import official_args, official_state_dict
+
+    torch.save({"model": official_state_dict(fixture, "base"),
+                "args": argparse.Namespace(**official_args(fixture, "base"))}, path)
+    return str(path)
+
+
+def test_an_official_checkpoint_fine_tunes_to_other_classes_and_on_from_the_registry(
+        workspace, tmp_path, official_tiny_dir):
+    """init.weights: an official-format checkpoint (K=91) fine-tuned to the shards' K=8 with a
+    frozen backbone, through Ray Train, tracked and registered with its lineage; then that
+    registered version fine-tuned to K=10 from its models:/ URI."""
+    import hashlib
+    import json
+
+    from samdetr.checkpoint import read_checkpoint
+    from samdetr.official import convert_state_dict
+    from samdetr.official_fixture import official_state_dict
+    from samdetr.pretrained import read_pretrained
+
+    ws = workspace
+    official = _official_file(official_tiny_dir, tmp_path / "official.pth")
+    model = read_pretrained(official).config.replace(num_classes=8).to_dict()["model"]
+    plain = tiny_settings(ws["train"], ws["val"], str(tmp_path / "ray"), "from-official", 1,
+                          tracking={"tracking_uri": ws["uri"], "experiment": "finetune",
+                                    "artifact_location": str(ws["root"] / "artifacts"),
+                                    "registered_model": "tiny-finetuned"})
+    plain.update(model=model, init={"weights": official})
+    plain["optim"]["freeze"] = ["backbone"]
+    summary = run_training(TrainSettings.from_dict(plain))
+
+    payload = read_checkpoint(summary["best_checkpoint"])
+    state = payload["model"]
+    assert state["class_heads.0.weight"].shape == (8, 256)
+    converted = convert_state_dict(official_state_dict(official_tiny_dir, "base"))
+    frozen = "backbone.body.layer3.0.conv1.weight"
+    assert torch.equal(state[frozen], converted[frozen])  # loaded, then never trained
+    sha = hashlib.sha256(open(official, "rb").read()).hexdigest()
+    assert payload["init_from"]["sha256"] == sha and payload["init_from"]["kind"] == "official"
+    client = MlflowClient(ws["uri"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.params["init.weights"] == official
+    assert run.data.params["init.reinitialised"] == "4"  # 2 class heads, weight and bias
+    assert float(run.data.params["init.loaded_fraction"]) > 0.99
+    report = json.loads(open(client.download_artifacts(run.info.run_id, "init/transfer.json",
+                                                       str(tmp_path))).read())
+    assert {r["name"] for r in report["reinitialised"]} == {
+        f"class_heads.{i}.{p}" for i in range(2) for p in ("weight", "bias")}
+    version = client.get_model_version("tiny-finetuned", "1")
+    assert version.tags["samdetr.finetuned_from"] == official
+    assert version.tags["samdetr.finetuned_from_sha256"] == sha
+
+    again = dict(plain, init={"weights": "models:/tiny-finetuned/1"},
+                 tracking={"enabled": False, "tracking_uri": ws["uri"]})
+    again["model"] = dict(model, num_classes=10)
+    again["trainer"] = dict(plain["trainer"], run_name="from-registry")
+    second = read_checkpoint(run_training(TrainSettings.from_dict(again))["best_checkpoint"])
+    assert second["model"]["class_heads.1.bias"].shape == (10,)
+    assert torch.equal(second["model"][frozen], converted[frozen])
+    assert second["init_from"]["origin"] == "models:/tiny-finetuned/1"
