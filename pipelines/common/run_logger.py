@@ -107,6 +107,11 @@ class RunLogger:
         """A PIL image as an artifact (format from the file name, e.g. ``.png``)."""
         self._put(("image", image.copy(), artifact_file))
 
+    def log_table(self, columns: dict[str, list[Any]], artifact_file: str) -> None:
+        """Columns of equal length as an MLflow table artifact (``.json``: the UI shows it as a
+        table)."""
+        self._put(("table", {k: list(v) for k, v in columns.items()}, artifact_file))
+
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """A matplotlib figure as an image artifact (drawn here, sent in the background)."""
         from PIL import Image
@@ -178,6 +183,9 @@ class RunLogger:
             _, values, step, stamp = item
             metrics = [Metric(k, v, stamp, step) for k, v in values.items()]
             self.client.log_batch(self.run_id, metrics=metrics)
+        elif item[0] == "table":
+            _, columns, artifact_file = item
+            self.client.log_table(self.run_id, data=columns, artifact_file=artifact_file)
         else:
             _, image, artifact_file = item
             self.client.log_image(self.run_id, image, artifact_file)

@@ -45,6 +45,11 @@ class PromoteSettings:
     # A version whose checkpoint does not name its training data cannot be checked against the
     # evaluation set; such a version is refused unless this is true.
     allow_unknown_training_data: bool = False
+    # Per-class guard (off: None): a challenger whose AP (AP50 when metric=AP50) on any class
+    # with at least class_min_gt ground-truth boxes is lower than the champion's by more than
+    # class_drop is rejected, whatever its overall score; the decision names the class.
+    class_drop: float | None = None
+    class_min_gt: int = 50
     batch_size: int | None = None  # images per predict call (None: 4)
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     mlflow_experiment: str = EXPERIMENT  # where the evaluation runs go
@@ -75,6 +80,13 @@ class PromoteSettings:
         if not self.rollback and not (isinstance(self.shards, str) and self.shards):
             raise ValueError("shards must name the held-out shard set both versions are scored "
                              "on (shards=PATH); only rollback=true needs none")
+        if self.class_drop is not None and (isinstance(self.class_drop, bool) or not isinstance(
+                self.class_drop, (int, float)) or not 0.0 <= self.class_drop <= 1.0):
+            raise ValueError(f"class_drop must be a number in [0, 1] (one class's AP may fall "
+                             f"by this much) or null, got {self.class_drop!r}")
+        if isinstance(self.class_min_gt, bool) or not isinstance(self.class_min_gt, int) or \
+                self.class_min_gt < 1:
+            raise ValueError(f"class_min_gt must be a positive integer, got {self.class_min_gt!r}")
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(
                 self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
@@ -101,6 +113,40 @@ def decide(metric: str, challenger: float, champion: float | None, margin: float
     word = ">" if verdict else "<="
     return verdict, (f"challenger {metric} {challenger:.4f} vs champion {champion:.4f}: gain "
                      f"{gain:+.4f} {word} margin {margin:.4f}")
+
+
+def class_key(metric: str) -> str:
+    """The per-class number the class guard compares for the gate's ``metric``: AP50 for AP50,
+    AP for everything else (COCO gives each class only those two)."""
+    return "AP50" if metric == "AP50" else "AP"
+
+
+def class_regressions(challenger: list[dict[str, Any]], champion: list[dict[str, Any]],
+                      metric: str, max_drop: float, min_gt: int
+                      ) -> list[tuple[str, int, float, float]]:
+    """``(name, ground-truth boxes, challenger, champion)`` of the classes with at least
+    ``min_gt`` boxes whose per-class number (:func:`class_key`) fell by more than ``max_drop``,
+    the largest fall first. Rows are :meth:`samdetr.engine.class_metrics.ClassMetrics.as_row`."""
+    key = class_key(metric)
+    theirs = {row["category_id"]: row for row in champion}
+    found = []
+    for row in challenger:
+        other = theirs.get(row["category_id"])
+        if other is None or row["num_gt"] < min_gt:
+            continue
+        if other[key] - row[key] > max_drop:
+            found.append((row["name"], row["num_gt"], row[key], other[key]))
+    return sorted(found, key=lambda f: f[2] - f[3])
+
+
+def class_reason(regressions: list[tuple[str, int, float, float]], metric: str,
+                 max_drop: float) -> str:
+    """The rejection of a challenger that fell on some classes, naming the worst."""
+    name, boxes, ours, theirs = regressions[0]
+    more = f" (and {len(regressions) - 1} more classes)" if len(regressions) > 1 else ""
+    return (f"challenger {class_key(metric)} on class {name!r} ({boxes} boxes) "
+            f"{ours:.4f} vs champion {theirs:.4f}: a drop of {theirs - ours:.4f} > class_drop "
+            f"{max_drop:.4f}{more}")
 
 
 def refusal(labels: dict[str, ModelFacts], eval_sha256: str,

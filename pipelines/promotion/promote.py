@@ -11,8 +11,15 @@ from typing import Any
 
 from pipelines.common.tracking import quiet_mlflow, store_client
 from pipelines.common.tracking_settings import store_uri
-from pipelines.inference.evaluate import evaluate_mlflow_model
-from pipelines.promotion.gate import PromoteSettings, PromotionRefused, decide, refusal
+from pipelines.inference.evaluate import score_mlflow_model
+from pipelines.promotion.gate import (
+    PromoteSettings,
+    PromotionRefused,
+    class_reason,
+    class_regressions,
+    decide,
+    refusal,
+)
 from pipelines.registry.evaluation_record import Scored, log_evaluation, model_id_of, tag_evaluation
 from pipelines.registry.model_facts import ModelFacts, facts_of_model
 from pipelines.registry.model_uri import version_uri
@@ -80,14 +87,16 @@ def run_promote(config: PromoteSettings) -> dict[str, Any]:
         if why:
             raise _refuse(client, config, challenger, why)
         _warn_selected_on(facts, versions, data["manifest_sha256"])
-        scored = {role: _score(path, versions[role], config, data["manifest_sha256"])
-                  for role, path in local.items()}
+        results = {role: _score(path, versions[role], config, data["manifest_sha256"])
+                   for role, path in local.items()}
+    scored = {role: result[0] for role, result in results.items()}
+    classes = {role: result[1] for role, result in results.items()}
     runs = {role: log_evaluation(uri, config.mlflow_experiment, s, "promotion")
             for role, s in scored.items()}
     if not config.dry_run:
         for role, s in scored.items():
             tag_evaluation(client, s, runs[role])
-    return _decide_and_apply(client, config, scored, runs)
+    return _decide_and_apply(client, config, scored, runs, classes)
 
 
 def propose(client: Any, config: PromoteSettings) -> None:
@@ -159,21 +168,31 @@ def _warn_selected_on(facts: dict[str, ModelFacts], versions: dict[str, Any],
                  "set, so its score here is optimistic; a set neither was selected on is fairer")
 
 
-def _score(path: str, version: Any, config: PromoteSettings, sha256: str) -> Scored:
+def _score(path: str, version: Any, config: PromoteSettings, sha256: str
+           ) -> tuple[Scored, list[dict[str, Any]]]:
+    """The version's 12 metrics, and each class's numbers from the same evaluation."""
     _say(f"scoring {version.name} v{version.version} on {config.shards}")
-    metrics = evaluate_mlflow_model(path, config.shards, config.batch_size,
-                                    f"{version.name} v{version.version}")
-    return Scored(version_uri(version.name, version.version), metrics, config.shards, sha256,
-                  version.name, str(version.version), model_id_of(version))
+    evaluator = score_mlflow_model(path, config.shards, config.batch_size,
+                                   f"{version.name} v{version.version}")
+    scored = Scored(version_uri(version.name, version.version), evaluator.summarize(),
+                    config.shards, sha256, version.name, str(version.version),
+                    model_id_of(version))
+    return scored, [c.as_row() for c in evaluator.per_class()]
 
 
 def _decide_and_apply(client: Any, config: PromoteSettings, scored: dict[str, Scored],
-                      runs: dict[str, str]) -> dict[str, Any]:
+                      runs: dict[str, str], classes: dict[str, list[dict[str, Any]]]
+                      ) -> dict[str, Any]:
     metric = config.metric
     challenger, champion = scored["challenger"], scored.get("champion")
     promote, reason = decide(metric, challenger.metrics[metric],
                              champion.metrics[metric] if champion else None,
                              config.margin, config.threshold)
+    if champion is not None and config.class_drop is not None:
+        fallen = class_regressions(classes["challenger"], classes["champion"], metric,
+                                   config.class_drop, config.class_min_gt)
+        if fallen:
+            promote, reason = False, class_reason(fallen, metric, config.class_drop)
     decision = "promoted" if promote else "rejected"
     out = {"decision": decision, "reason": reason, "metric": metric,
            "challenger": {"version": challenger.version, **challenger.metrics},
@@ -184,6 +203,8 @@ def _decide_and_apply(client: Any, config: PromoteSettings, scored: dict[str, Sc
         return out
     tags = {"decision": decision, "reason": reason, "time": _now(), "metric": metric,
             "margin": f"{config.margin:g}", "threshold": f"{config.threshold:g}",
+            "class_drop": "off" if config.class_drop is None else
+            f"{config.class_drop:g} (classes with >= {config.class_min_gt} boxes)",
             "eval_manifest_sha256": challenger.shards_sha256,
             "challenger_version": challenger.version,
             "champion_version": champion.version if champion else "none"}

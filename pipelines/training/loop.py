@@ -26,6 +26,7 @@ from pipelines.common.checkpoints import CHECKPOINT_FILE, HISTORY_FILE
 from pipelines.common.console import EpochBar, estimated_steps, quiet_worker
 from pipelines.common.run_logger import RunLogger
 from pipelines.data.ingest import EpochClock, PadCollate
+from pipelines.training.class_report import class_metrics, class_rows, log_classes
 from pipelines.training.job import TrainJob
 from pipelines.training.pictures import picture_images, pictures_grid, unwrap
 from pipelines.training.plots import convergence_figure
@@ -33,7 +34,8 @@ from pipelines.training.pretrained import start_model
 from pipelines.training.settings import TrainSettings
 from samdetr.builder import build_criterion
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
-from samdetr.engine.coco_eval import METRIC_NAMES, evaluate_detections
+from samdetr.engine.class_metrics import ClassMetrics
+from samdetr.engine.coco_eval import METRIC_NAMES, COCOEvaluator
 from samdetr.engine.evaluation import eval_loader, ground_truth
 from samdetr.engine.loop import StepOptions, predict, train_one_epoch
 from samdetr.engine.optim import build_optimizer, build_scheduler
@@ -78,21 +80,26 @@ def _restore(checkpoint, model, optimizer, scheduler) -> dict[str, Any] | None:
     return payload
 
 
-def _evaluate(model, loader, coco_gt, device, autocast_dtype) -> dict[str, float]:
-    """Inference on this rank's share, gathered; COCOeval once on rank 0; same numbers out."""
+def _evaluate(model, loader, coco_gt, device, autocast_dtype
+              ) -> tuple[dict[str, float], list[ClassMetrics]]:
+    """Inference on this rank's share, gathered; COCOeval once on rank 0: the 12 metrics on
+    every rank, each class's numbers (from the same evaluation) on rank 0 only."""
     detections = predict(unwrap(model), loader, device, PostProcess(100), autocast_dtype)
     if _distributed():  # only rank 0 scores, so only rank 0 receives the detections
         parts: list[Any] | None = [None] * dist.get_world_size() if coco_gt is not None else None
         dist.gather_object(detections, parts, dst=0)
         detections = [d for part in parts for d in part] if parts is not None else []
-    metrics = None
+    metrics, classes = None, []
     if coco_gt is not None:
-        metrics = evaluate_detections(coco_gt, detections)
+        # Every validation image counts, those without a detection too.
+        evaluator = COCOEvaluator(coco_gt, only_seen_images=False)
+        evaluator.update(detections)
+        metrics, classes = evaluator.summarize(), evaluator.per_class()
     if _distributed():
         box = [metrics]
         dist.broadcast_object_list(box, src=0)
         metrics = box[0]
-    return metrics
+    return metrics, classes
 
 
 @dataclass
@@ -183,8 +190,9 @@ def _progress(payload: dict[str, Any] | None, logger: Any) -> _Progress:
         progress.logged_epoch = logger.last_step("loss")
         if progress.logged_epoch is not None:
             for entry in (h for h in progress.history if h["epoch"] > progress.logged_epoch):
-                logger.log_metrics({k: v for k, v in entry.items() if k != "epoch"},
-                                   entry["epoch"])
+                numbers = {k: v for k, v in entry.items() if k not in ("epoch", "classes")}
+                numbers.update(class_metrics(entry.get("classes", [])))
+                logger.log_metrics(numbers, entry["epoch"])
     return progress
 
 
@@ -229,13 +237,16 @@ def _train(worker: _Worker, progress: _Progress) -> None:
         all_stats = _gather(stats)
         worker.scheduler.step()
         progress.global_step += all_stats[0]["steps"]
-        metrics = _evaluate(worker.model, val_batches, coco_gt, worker.device,
-                            trainer.autocast_dtype)
+        metrics, classes = _evaluate(worker.model, val_batches, coco_gt, worker.device,
+                                     trainer.autocast_dtype)
         epoch_metrics = _epoch_metrics(metrics, all_stats, time.perf_counter() - start)
-        progress.history.append({"epoch": epoch, **epoch_metrics})
+        # Each class's numbers are rank 0's (it scores); its history is the one checkpointed.
+        progress.history.append({"epoch": epoch, **epoch_metrics,
+                                 **({"classes": class_rows(classes)} if classes else {})})
         if logger is not None:
             if progress.logged_epoch is None or epoch > progress.logged_epoch:
                 _log_epoch(worker, epoch, epoch_metrics, progress.history, pictures)
+                log_classes(logger, epoch, classes)
             # Before the checkpoint: a crash after it must not lose this epoch's metrics.
             logger.flush(settings.tracking.flush_timeout_s)
         if rank == 0:

@@ -119,7 +119,8 @@ FINGERPRINTS = {
     "preprocess data=custom data.name=mine data.format=yolo data.annotations=/data/mine/data.yaml":
         "9169b6d9faf39836",
     "evaluate shards=x": "74f5a009fe477a97",
-    "promote shards=x": "d557713e4f732d01",
+    # class_drop and class_min_gt (the per-class guard, #28) joined promote's settings.
+    "promote shards=x": "8b5b00136eaf3451",
     "submit": "5eb3490e066d041b",
     "make_synthetic": "6bf71df80590184c",
     "study": "dbf94c27cd7d6f18",

@@ -13,7 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.promotion.gate import PromoteSettings, decide, refusal
+from pipelines.promotion.gate import (
+    PromoteSettings,
+    class_reason,
+    class_regressions,
+    decide,
+    refusal,
+)
 from pipelines.registry.model_facts import ModelFacts
 
 scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
@@ -32,6 +38,47 @@ def test_a_first_champion_needs_the_threshold(challenger, threshold):
     promote, reason = decide("AP50", challenger, None, margin=0.5, threshold=threshold)
     assert promote == (challenger >= threshold)
     assert reason.startswith("no champion yet") and "AP50" in reason
+
+
+def _row(cid, name, num_gt, ap, ap50=None):
+    return {"category_id": cid, "name": name, "num_gt": num_gt, "num_detections": 9,
+            "AP": ap, "AP50": ap if ap50 is None else ap50}
+
+
+def test_the_class_guard_names_the_worst_fall_among_classes_with_enough_boxes():
+    champion = [_row(1, "cat", 80, 0.50), _row(2, "dog", 60, 0.40), _row(3, "eel", 5, 0.90),
+                _row(4, "owl", 70, 0.30)]
+    challenger = [_row(1, "cat", 80, 0.47), _row(2, "dog", 60, 0.20), _row(3, "eel", 5, 0.10),
+                  _row(4, "owl", 70, 0.60)]
+    fallen = class_regressions(challenger, champion, "AP", max_drop=0.02, min_gt=50)
+    assert fallen == [("dog", 60, 0.20, 0.40), ("cat", 80, 0.47, 0.50)]  # eel: 5 boxes
+    reason = class_reason(fallen, "AP", 0.02)
+    assert reason.startswith("challenger AP on class 'dog' (60 boxes) 0.2000 vs champion 0.4000:"
+                             " a drop of 0.2000 > class_drop 0.0200 (and 1 more classes)")
+    assert class_regressions(challenger, champion, "AP", max_drop=0.25, min_gt=50) == []
+    assert class_regressions(challenger, champion, "AP", max_drop=0.25, min_gt=1)[0][0] == "eel"
+
+
+@given(st.lists(st.tuples(scores, scores, st.integers(0, 100)), min_size=1, max_size=8),
+       st.floats(0.0, 0.5), st.integers(1, 100))
+def test_the_class_guard_flags_exactly_the_classes_past_the_drop(pairs, drop, min_gt):
+    challenger = [_row(i, f"c{i}", n, 0.0, ours) for i, (ours, _, n) in enumerate(pairs)]
+    champion = [_row(i, f"c{i}", n, 0.0, theirs) for i, (_, theirs, n) in enumerate(pairs)]
+    fallen = class_regressions(challenger, champion, "AP50", drop, min_gt)
+    expected = {f"c{i}" for i, (ours, theirs, n) in enumerate(pairs)
+                if n >= min_gt and theirs - ours > drop}
+    assert {f[0] for f in fallen} == expected
+    assert [f[2] - f[3] for f in fallen] == sorted(f[2] - f[3] for f in fallen)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"class_drop": 1.5}, "class_drop must be a number in"),
+    ({"class_drop": True}, "class_drop must be a number in"),
+    ({"class_min_gt": 0}, "class_min_gt must be a positive integer"),
+])
+def test_bad_class_guard_settings_are_refused(changes, match):
+    with pytest.raises(ValueError, match=match):
+        PromoteSettings(shards="held-out", **changes)
 
 
 def test_nan_never_wins():

@@ -107,6 +107,9 @@ def test_promotion_gate_refusals_and_rollback(registry):
     worse = _register(registry, registry["poor"])
     out = _promote(registry, dry_run=True)
     assert out["decision"] == "rejected (dry run: nothing moved)"
+    # With the class guard on, the decision names the class that fell most.
+    out = _promote(registry, dry_run=True, class_drop=0.0, class_min_gt=1)
+    assert out["decision"].startswith("rejected") and " on class '" in out["reason"]
     assert "promotion.decision" not in client.get_model_version(NAME, worse).tags
     out = _promote(registry)
     assert out["decision"] == "rejected" and _aliases(registry)["champion"] == good

@@ -91,7 +91,8 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
         assert _steps(client, run_id, key) == [1, 2, 3, 4], key
     files = _artifacts(client, run_id)
     assert {"config.yaml", "convergence.png", "predictions/epoch_001.png",
-            "predictions/epoch_002.png"} <= files
+            "predictions/epoch_002.png", "classes/epoch_0001.json", "classes/epoch_0001.png",
+            "classes/epoch_0002.json", "classes/epoch_0002.png"} <= files
     version = client.get_model_version_by_alias("tiny-detr", "candidate")
     assert version.run_id == run_id
     # The version names its data, categories, eval size and source run
@@ -107,6 +108,16 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
     payload = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
     assert payload["epoch"] == best["epoch"]
     assert set(payload) >= {"model", "optimizer", "scheduler", "rng", "config", "settings"}
+    # Each class's numbers, every epoch, in the history and in MLflow: COCO's AP50 is their
+    # mean over the classes with ground truth.
+    for entry in payload["history"]:
+        measured = [c for c in entry["classes"] if c["num_gt"] > 0]
+        assert measured and sum(c["AP50"] for c in measured) / len(measured) == \
+            pytest.approx(entry["AP50"], abs=1e-9)
+        for row in measured:
+            logged = {m.step: m.value for m in client.get_metric_history(
+                run_id, f"AP50/{row['name']}")}
+            assert logged[entry["epoch"]] == pytest.approx(row["AP50"]), row["name"]
     result = run_evaluate(EvaluateSettings(shards=ws["val"], checkpoint=summary["best_checkpoint"]))
     for key in ("AP", "AP50", "AP75", "AR100"):
         assert result["metrics"][key] == pytest.approx(best[key], abs=1e-9), key
