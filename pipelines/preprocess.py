@@ -8,6 +8,8 @@ Ray Data.
         data.annotations=/data/pets-yolo/data.yaml split=val
     python -m pipelines.preprocess data=custom data.name=pets data.format=voc \
         data.root=/data/pets-voc "data.classes=[cat,dog]" split=val
+    python -m pipelines.preprocess data=coco128 "data.keep_classes=[person,car,truck]" \
+        "data.rename_classes={car:vehicle,truck:vehicle}" data.val_fraction=0.2 split=val
 
 Runs on the embedded local Ray by default and unchanged on a cluster (``ray_address=auto`` or
 ``RAY_ADDRESS``, e.g. inside ``ray job submit``). The manifest is written last: a run that dies

@@ -18,6 +18,13 @@ import pyarrow.fs as pafs
 
 from pipelines.common.checks import flag, non_empty
 from pipelines.common.console import connect  # Ray is heavy: imported only when a run starts
+from pipelines.data.selection import (
+    SELECTION_KEYS,
+    Selection,
+    selection_fields,
+    selection_lines,
+    selection_of,
+)
 from pipelines.data.sources import check_source, read_source, source_fields
 from samdetr.config import known_fields
 from samdetr.data.coco_rows import filesystem_reader, raise_on_rejects
@@ -32,7 +39,9 @@ class PreprocessSettings:
     """Validated settings of one preprocessing run (paths may be local or pyarrow URIs).
 
     ``format`` and the source settings after it are the ``data`` config node's; each format
-    reads some of them (:data:`pipelines.data.sources.FORMATS`) and the others stay None.
+    reads some of them (:data:`pipelines.data.sources.FORMATS`) and the others stay None. So
+    are the class map and the carved split (``keep_classes`` .. ``split_from``:
+    :mod:`pipelines.data.selection`).
     """
     output: str
     format: str = "coco"  # coco | yolo | voc
@@ -40,6 +49,12 @@ class PreprocessSettings:
     images: str | None = None  # coco: the folder the JSON's file names are relative to
     root: str | None = None  # voc: the folder of Annotations/, JPEGImages/, ImageSets/Main/
     classes: tuple[str, ...] | None = None  # voc: class names in id order (None: those found)
+    keep_classes: tuple[str, ...] | None = None  # the classes kept, in new-id order (None: all)
+    rename_classes: dict[str, str] | None = None  # {old: new}; one new name for two merges them
+    drop_emptied_images: bool = False  # remove images whose every box was dropped
+    val_fraction: float | None = None  # carve one split into train and val (None: don't)
+    split_seed: int = 0  # the seed of that split
+    split_from: str | None = None  # yolo, voc: the split that is carved (None: train)
     split: str = "train"  # the shards' name; yolo and voc: also the split that is read
     shard_size_mb: float = 256.0
     strict: bool = False  # any rejected image or box fails the run
@@ -54,12 +69,15 @@ class PreprocessSettings:
         check_source(self.format, self.source_settings())
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
+        if isinstance(self.keep_classes, list):
+            object.__setattr__(self, "keep_classes", tuple(self.keep_classes))
         if not self.split.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"split must be letters, digits, '-' or '_', got {self.split!r}")
         if not isinstance(self.shard_size_mb, (int, float)) or self.shard_size_mb <= 0:
             raise ValueError(f"shard_size_mb must be > 0, got {self.shard_size_mb!r}")
         for name in ("strict", "prefer_exif", "overwrite", "verbose"):
             flag(getattr(self, name), f"preprocess.{name}")
+        self.selection()  # checked once, here
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSettings:
@@ -69,13 +87,20 @@ class PreprocessSettings:
     def from_config(cls, plain: dict[str, Any]) -> PreprocessSettings:
         """The settings of a composed ``conf/preprocess.yaml`` (a plain dict): its top level,
         and from its ``data`` node the format and what that format reads
-        (:func:`pipelines.data.sources.source_fields`)."""
+        (:func:`pipelines.data.sources.source_fields`), and the class map and split
+        (:func:`pipelines.data.selection.selection_fields`)."""
         rest = {k: v for k, v in plain.items() if k != "data"}
-        return cls.from_dict({**rest, **source_fields(plain.get("data") or {})})
+        data = plain.get("data") or {}
+        return cls.from_dict({**rest, **source_fields(data), **selection_fields(data)})
 
     def source_settings(self) -> dict[str, Any]:
         """The source settings by name (annotations, images, root, classes)."""
         return {name: getattr(self, name) for name in ("annotations", "images", "root", "classes")}
+
+    def selection(self) -> Selection:
+        """The classes and the part of the source this run writes."""
+        return selection_of(self.format, self.split,
+                            {name: getattr(self, name) for name in SELECTION_KEYS})
 
 
 def _encode_task(
@@ -151,7 +176,8 @@ class PreprocessPlan:
 
     ``fs_out``/``out_dir``: the output folder on its filesystem; ``images_uri``/``output_uri``:
     the image and output folders as workers resolve them (URIs stay URIs); ``tasks``: one per
-    shard, in shard order.
+    shard, in shard order; ``selection``: the manifest's record of the class map and split
+    part applied (None: the source as read).
     """
     config: PreprocessSettings
     source: CocoSource
@@ -160,6 +186,7 @@ class PreprocessPlan:
     out_dir: str
     images_uri: str
     output_uri: str
+    selection: dict[str, Any] | None = None
 
 
 def run_preprocess(
@@ -194,14 +221,15 @@ def _prepare_output(config: PreprocessSettings) -> tuple[pafs.FileSystem, str]:
 
 
 def plan_preprocess(config: PreprocessSettings) -> PreprocessPlan:
-    """Prepare the output, read the split in its format and plan the shards from the image
-    sizes.
+    """Prepare the output, read the split in its format, take the part and classes the run
+    writes (:meth:`PreprocessSettings.selection`) and plan the shards from the image sizes.
 
     ValueError in strict mode when the annotations already hold rejects.
     """
     fs_out, out_dir = _prepare_output(config)
-    read = read_source(config.format, config.source_settings(), config.split)
-    source = read.source
+    selection = config.selection()
+    read = read_source(config.format, config.source_settings(), selection.read_split())
+    source, record = selection.apply(read.source)
     if config.strict:
         raise_on_rejects(source.rejects, context=source.path)
     sizes = file_sizes(read.fs, read.images_dir, [info["file_name"] for info in source.images])
@@ -215,6 +243,7 @@ def plan_preprocess(config: PreprocessSettings) -> PreprocessPlan:
         out_dir=out_dir,
         images_uri=read.images_uri,
         output_uri=config.output if is_uri(config.output) else out_dir,
+        selection=record,
     )
 
 
@@ -302,6 +331,7 @@ def write_preprocess_manifest(
         config=dataclasses.asdict(config),
         rejects=rejects,
         counters=counters,
+        selection=plan.selection,
     )
     manifest = write_manifest(plan.out_dir, contents, plan.fs_out)
     manifest["root"] = plan.output_uri  # the URI (s3://...), not the path on its filesystem
@@ -338,6 +368,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"clipped {s['clipped_boxes']}",
         f"  shards   {s['shards']:>8}   {s['megabytes']} MB, K = {manifest['num_classes']}",
         f"  time     {s['seconds']:>8}s  ({rate:.1f} images/s)",
+        *selection_lines(manifest.get("selection")),
     ]
     if manifest["rejects"]:
         lines.append(f"  rejects listed in {manifest['root']}/manifest.json, e.g.:")

@@ -10,7 +10,10 @@ removes it before shards are rewritten. Manifest keys (``schema_version`` 1)::
     categories [{id, name, supercategory}], columns (ROW_SCHEMA column names),
     shards [{file, rows, boxes, bytes, sha256}],  # file relative to the folder
     source_sha256, config (plain dict), rejects [reject dicts, see samdetr.data.coco_rows],
-    counters {name: int}
+    counters {name: int},
+    selection (null, or what was taken of the source before the shards were cut: the class
+               map and the split part applied, with their counts; see samdetr.data.class_map
+               and samdetr.data.source_split)
 
 :class:`ManifestContents` is what a writer supplies; the counts, columns and format are derived.
 The shard files themselves are planned and written by :mod:`samdetr.data.shard_writer`.
@@ -104,7 +107,9 @@ class ManifestContents:
     supercategory}]``; ``num_classes``: K, larger than every category id. ``source_sha256``:
     of the annotation file. ``config``: the run's settings; ``rejects``: reject dicts;
     ``counters``: ``{name: int}`` (all three JSON-serialisable). ``created_at``: ISO-8601 UTC,
-    None for the time of writing.
+    None for the time of writing. ``selection``: None, or a JSON-serialisable record of the
+    class map and split part applied to the source (what :attr:`source_sha256` hashes is the
+    whole input, so this says which part of it the shards hold).
     """
 
     split: str
@@ -116,6 +121,7 @@ class ManifestContents:
     rejects: Sequence[Mapping[str, Any]]
     counters: Mapping[str, int]
     created_at: str | None = None
+    selection: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.split or not isinstance(self.split, str):
@@ -131,6 +137,8 @@ class ManifestContents:
             if not isinstance(getattr(self, name), kind):
                 got = type(getattr(self, name)).__name__
                 raise TypeError(f"{name} must be a {kind.__name__}, got {got}")
+        if self.selection is not None and not isinstance(self.selection, Mapping):
+            raise TypeError(f"selection must be a Mapping or None, got {self.selection!r}")
         if self.created_at is not None and not isinstance(self.created_at, str):
             raise TypeError(f"created_at must be an ISO-8601 string or None: {self.created_at!r}")
 
@@ -165,6 +173,7 @@ def _manifest_dict(contents: ManifestContents) -> dict[str, Any]:
         "config": dict(contents.config),
         "rejects": [dict(r) for r in contents.rejects],
         "counters": {str(k): int(v) for k, v in contents.counters.items()},
+        "selection": dict(contents.selection) if contents.selection is not None else None,
     }
 
 

@@ -276,8 +276,8 @@ def test_data_formats_make_valid_settings_and_feed_train():
     commands = {
         ("coco", "train"): find(source, "preprocess", "data.images=/data/pets/images"),
         ("yolo", "train"): find(source, "preprocess", "data=custom", "data.format=yolo"),
-        **{("voc", split): find(source, "preprocess", "data.format=voc", f"split={split}")
-           for split in ("train", "val")},
+        **{("voc", split): find(source, "preprocess", "data.format=voc", "data.name=pets",
+                                f"split={split}") for split in ("train", "val")},
     }
     written = {}
     for (fmt, split), command in commands.items():
@@ -286,9 +286,29 @@ def test_data_formats_make_valid_settings_and_feed_train():
         assert (settings.format, settings.split) == (fmt, split), command.where
         written[fmt, split] = plain
     assert composed(commands["voc", "train"])["data"]["classes"] == ["cat", "dog"]
-    train = composed(find(source, "train", "data=custom"))
+    train = composed(find(source, "train", "data=custom", "data.name=pets"))
     assert_reads_shards(train, {split: written["voc", split] for split in ("train", "val")})
     assert train["model"]["num_classes"] == 2
+
+
+def test_a_carved_split_with_chosen_classes_feeds_train():
+    """docs/data.md's carved split: the train and val runs differ in split alone (so they take
+    the two parts of one split, with the same classes), and train data=custom reads both
+    with K = the number of classes kept."""
+    source = "docs/data.md"
+    written, selections = {}, {}
+    for split in ("train", "val"):
+        command = find(source, "preprocess", "data.name=birds", "data.val_fraction=0.2",
+                       f"split={split}")
+        written[split] = {k: v for k, v in composed(command).items() if k not in HELPER_KEYS}
+        settings = PreprocessSettings.from_config(written[split])
+        selections[split] = settings.selection()
+        assert selections[split].split == split and selections[split].read_split() == "train"
+    assert {k: v for k, v in vars(selections["train"]).items() if k != "split"} == {
+        k: v for k, v in vars(selections["val"]).items() if k != "split"}
+    train = composed(find(source, "train", "data=custom", "data.name=birds"))
+    assert_reads_shards(train, written)
+    assert train["model"]["num_classes"] == len(selections["train"].class_map.keep)
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if re.search(

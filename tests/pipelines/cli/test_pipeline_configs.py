@@ -110,14 +110,17 @@ FINGERPRINTS = {
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
         "8d34c98aeca27ba8",
     # data.format, data.root and data.classes (and data.annotations / data.images, null unless
-    # the data group sets them) joined preprocess's data node (#28: YOLO and VOC input).
-    "preprocess": "8e5b17bdb4d8af06",
-    "preprocess data=synthetic split=val": "5dd3e89a1d2c0e6f",
-    "preprocess data=coco2017 split=val": "d4e56d20b9e59197",
+    # the data group sets them) joined preprocess's data node (#28: YOLO and VOC input); then
+    # data.keep_classes, data.rename_classes, data.drop_emptied_images, data.val_fraction,
+    # data.split_seed and data.split_from (#28: choosing classes, a seeded val split), all off
+    # by default.
+    "preprocess": "72ebe6373b534313",
+    "preprocess data=synthetic split=val": "977f5dcbd75a86e0",
+    "preprocess data=coco2017 split=val": "01c64ae1fb8d8aaf",
     "preprocess data=custom data.name=pets data.format=voc data.root=/data/pets-voc":
-        "040e08ae2c3e9cda",
+        "0237a426e8860bfa",
     "preprocess data=custom data.name=mine data.format=yolo data.annotations=/data/mine/data.yaml":
-        "9169b6d9faf39836",
+        "15a24e8a9bdfed86",
     "evaluate shards=x": "74f5a009fe477a97",
     # class_drop and class_min_gt (the per-class guard, #28) joined promote's settings.
     "promote shards=x": "8b5b00136eaf3451",

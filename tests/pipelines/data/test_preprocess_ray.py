@@ -202,3 +202,34 @@ def test_yolo_and_voc_trees_give_the_shards_of_the_same_coco_file(local_ray, tmp
         assert [c["name"] for c in manifest["categories"]] == CLASSES
         assert manifest["num_classes"] == 3 and manifest["rejects"] == []
         assert manifest["config"]["format"] == name
+
+
+def test_chosen_classes_and_a_seeded_split_flow_into_both_manifests(local_ray, tmp_path):
+    """data.keep_classes / data.rename_classes and data.val_fraction: the train and val runs
+    of one COCO file write disjoint parts with the same new categories, and record both."""
+    annotations, images = write_coco(tmp_path / "coco")  # a: car, bus; b: none; c: dog
+    common = {"annotations": str(annotations), "images": str(images),
+              "keep_classes": ("dog", "car"), "rename_classes": {"car": "vehicle"},
+              "val_fraction": 0.5, "split_seed": 0}
+    rows, manifests = {}, {}
+    for part in ("train", "val"):
+        out = tmp_path / part
+        manifests[part] = run_preprocess(PreprocessSettings(output=str(out), split=part,
+                                                            **common))
+        on_disk = read_manifest(out)
+        verify_shards(on_disk)
+        assert on_disk["categories"] == [{"id": 0, "name": "dog", "supercategory": ""},
+                                         {"id": 1, "name": "vehicle", "supercategory": ""}]
+        assert on_disk["num_classes"] == 2 and on_disk["split"] == part
+        assert on_disk["config"]["keep_classes"] == ["dog", "car"]
+        assert on_disk["config"]["rename_classes"] == {"car": "vehicle"}
+        assert on_disk["selection"]["split"]["images"] == {"train": 2, "val": 1}
+        assert on_disk["selection"]["classes"]["ids"] == {"bus": None, "car": 1, "dog": 0}
+        rows[part] = {r["file_name"]: r["category_ids"] for r in iter_rows(on_disk)}
+    # At seed 0 c.jpg is the one image below 0.5 (samdetr.data.source_split.val_position).
+    assert rows == {"train": {"a.jpg": [1], "b.jpg": []}, "val": {"c.jpg": [0]}}
+    assert manifests["train"]["selection"]["classes"]["dropped_boxes"] == {"bus": 1}
+    assert manifests["val"]["selection"]["classes"]["dropped_boxes"] == {"bus": 0}
+    summary = format_summary(manifests["train"])
+    assert "  classes         2   0 dog, 1 vehicle (car); removed 1 boxes of 1 other" in summary
+    assert "  part            2   images: train of 'train' (train 2, val 1;" in summary
