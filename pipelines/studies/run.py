@@ -123,6 +123,7 @@ def run_study(study: StudySettings, base: TrainSettings, command: str) -> dict[s
     runs = plan_runs(study, base)
     report = Path(absolute(study.report)) if study.report else None
     started = time.perf_counter()
+    commit = _commit()  # the code this invocation trains with, not what is checked out later
     record = _read_record(base.trainer.storage_path, study.name)
     # Before anything starts: a run stored with other settings is refused here.
     finished = {run.key for run in runs if _finished(run, record["runs"].get(run.key))}
@@ -151,7 +152,7 @@ def run_study(study: StudySettings, base: TrainSettings, command: str) -> dict[s
         _say(f"run {run.key} done in {summary['seconds']:.0f}s: last epoch AP "
              f"{100 * last['AP']:.1f}%, AP50 {100 * last['AP50']:.1f}%")
     histories = _histories(record, runs)
-    facts = _facts(record, command, time.perf_counter() - started)
+    facts = _facts(record, command, time.perf_counter() - started, commit)
     tracking.finish(histories, facts, report, study.baseline)
     return record
 
@@ -190,7 +191,8 @@ def _histories(record: dict[str, Any], runs: list[StudyRun]) -> dict[str, dict[i
     return out
 
 
-def _facts(record: dict[str, Any], command: str, seconds: float) -> dict[str, str]:
+def _facts(record: dict[str, Any], command: str, seconds: float,
+           commit: str) -> dict[str, str]:
     import torch
 
     total = sum(entry["seconds"] for entry in record["runs"].values())
@@ -200,7 +202,7 @@ def _facts(record: dict[str, Any], command: str, seconds: float) -> dict[str, st
         machine = f"{os.cpu_count()} CPUs ({platform.machine()}), no GPU"
     return {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "commit": _commit(),
+        "commit": commit,
         "command": f"`{command}`",
         "machine": f"{machine}, torch {torch.__version__}",
         "wall time": f"{total / 60:.1f} min of training over {len(record['runs'])} runs "

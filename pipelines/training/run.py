@@ -60,11 +60,35 @@ def check_data(settings: TrainSettings) -> dict[str, Any]:
                 f"but model.num_classes = {classes}; set model.num_classes="
                 f"{summary['num_classes']} (K = largest category id + 1)"
             )
+    check_same_source(train, val)
     if train["images"] < settings.trainer.num_workers:
         raise ValueError(
             f"{train['images']} training images cannot feed {settings.trainer.num_workers} workers"
         )
     return {"train": train, "val": val}
+
+
+def check_same_source(train: dict[str, Any], val: dict[str, Any]) -> None:
+    """The two shard sets (:func:`samdetr.engine.evaluation.manifest_summary`) label the same
+    classes with the same ids, and when preprocessing carved both from one split, they are its
+    two parts under the same fraction and seed (other settings would make them overlap)."""
+    if train["categories"] != val["categories"]:
+        def show(categories: list[dict[str, Any]]) -> str:
+            return ", ".join(f"{c['id']}:{c['name']}" for c in categories[:8]) + (
+                ", ..." if len(categories) > 8 else "")
+        raise ValueError(
+            f"data.train_shards and data.val_shards label different classes (train: "
+            f"{show(train['categories'])}; val: {show(val['categories'])}): make both with the "
+            "same class settings (data.classes, data.keep_classes, data.rename_classes)")
+    splits = [(s.get("selection") or {}).get("split") for s in (train, val)]
+    if all(splits):
+        carved, held = ({k: v for k, v in split.items() if k != "part"} for split in splits)
+        if carved != held or [split["part"] for split in splits] != ["train", "val"]:
+            raise ValueError(
+                f"data.train_shards and data.val_shards were carved from one split with other "
+                f"settings (train: {splits[0]}; val: {splits[1]}), so they may share images: "
+                "preprocess both with the same data.val_fraction and data.split_seed, "
+                "split=train for one and split=val for the other")
 
 
 def run_training(settings: TrainSettings, config_yaml: str = "",

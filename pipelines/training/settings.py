@@ -15,14 +15,18 @@ import torch
 
 from pipelines.common.checks import flag, non_empty, non_negative, positive_int
 from pipelines.common.tracking_settings import TrackingSettings
+from pipelines.data.selection import SELECTION_KEYS
+from pipelines.data.sources import FORMATS
 from pipelines.training.backbone_weights import absolute_weights
 from samdetr.config import DetectorConfig, known_fields
 from samdetr.data.storage import absolute, is_uri
 from samdetr.engine.coco_eval import METRIC_NAMES
 from samdetr.engine.optim import OptimConfig
 
-#: Keys of a ``data`` config group (conf/data/*.yaml) that only preprocessing reads.
-SOURCE_KEYS = ("annotations", "images", "root", "format", "classes")
+#: Keys of a ``data`` config group (conf/data/*.yaml) that only preprocessing reads: the
+#: format and what each format reads, the class map and the split (one list, theirs).
+SOURCE_KEYS = ("format", *sorted({key for keys in FORMATS.values() for key in keys}),
+               *SELECTION_KEYS)
 
 
 def _without_source(data: Any) -> Any:

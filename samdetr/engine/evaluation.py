@@ -117,11 +117,14 @@ def eval_loader(
 
 
 def manifest_summary(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Image count, class count K, categories and manifest checksum of a shard set."""
+    """Image count, class count K, categories, manifest checksum of a shard set, and what
+    preprocessing selected from its source (the manifest's ``selection``: None, or the class
+    map and the split it carved)."""
     manifest = read_manifest(shard_dir)
     return {
         "manifest_sha256": manifest_checksum(shard_dir),
         "images": manifest["num_rows"],
         "num_classes": manifest["num_classes"],
         "categories": [{"id": c["id"], "name": c["name"]} for c in manifest["categories"]],
+        "selection": manifest.get("selection"),
     }

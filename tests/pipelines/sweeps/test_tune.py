@@ -69,7 +69,10 @@ def _records(experiment: Path) -> dict[str, dict]:
 
 def _run_until_killed(command: list[str], tmp: Path, log: Path) -> dict:
     experiment = tmp / "tune" / "t"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # Tune saves its experiment state (what the watcher reads) at most every 10 s by default:
+    # on busy cores a trial can start, checkpoint and finish between two saves. Every second
+    # here, so the moment is seen.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     with log.open("w") as out:
         proc = subprocess.Popen(command, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -99,3 +99,28 @@ def test_a_resumed_start_leaves_the_weights_to_the_checkpoint(tmp_path):
     assert not any(p.requires_grad for n, p in resumed.named_parameters()
                    if n.startswith("transformer.encoder."))
     assert os.path.isfile(same)
+
+
+def _summary(categories, split=None) -> dict:
+    return {"categories": [{"id": i, "name": n} for i, n in categories],
+            "selection": {"split": split, "classes": None} if split else None}
+
+
+def test_train_and_val_shards_must_come_from_the_same_classes_and_split():
+    from pipelines.training.run import check_same_source
+
+    carved = {"from": "train", "val_fraction": 0.2, "seed": 0,
+              "images": {"train": 80, "val": 20}}
+    same = [(0, "cat"), (1, "dog")]
+    check_same_source(_summary(same, {**carved, "part": "train"}),
+                      _summary(same, {**carved, "part": "val"}))
+    check_same_source(_summary(same), _summary(same))  # not carved: nothing to compare
+    with pytest.raises(ValueError, match=r"label different classes \(train: 0:cat, 1:dog; "
+                                         r"val: 0:dog, 1:cat\)"):
+        check_same_source(_summary(same), _summary([(0, "dog"), (1, "cat")]))
+    other_seed = {**carved, "seed": 1, "part": "val"}
+    with pytest.raises(ValueError, match="may share images"):
+        check_same_source(_summary(same, {**carved, "part": "train"}), _summary(same, other_seed))
+    with pytest.raises(ValueError, match="may share images"):  # both the train part
+        check_same_source(_summary(same, {**carved, "part": "train"}),
+                          _summary(same, {**carved, "part": "train"}))

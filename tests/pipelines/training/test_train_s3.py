@@ -86,3 +86,35 @@ def test_train_resume_log_and_register_with_storage_on_s3(s3, tmp_path):
     table = model.predict(pd.DataFrame({"image": [ShardDataset(val)[0]["image"]]}),
                           params={"num_top": 5})
     assert len(table) == 5 and set(table["image_index"]) == {0}
+
+    # A checkpoint in the bucket starts a fine-tuning run: a file's URI, or its Ray Train
+    # checkpoint folder's (pipelines.training.pretrained).
+    from pipelines.training.pretrained import fetch_pretrained
+
+    folder = second["best_checkpoint"].rsplit("/", 1)[0]
+    for source in (second["best_checkpoint"], folder):
+        pretrained = fetch_pretrained(source, uri)
+        assert pretrained.kind == "samdetr" and pretrained.origin == source
+        assert pretrained.config.model.num_classes == 8
+
+
+def test_an_official_checkpoint_in_a_bucket_is_read_for_fine_tuning(s3, tmp_path,
+                                                                   official_tiny_dir):
+    import argparse
+    import io
+
+    import torch
+
+    from pipelines.training.pretrained import fetch_pretrained
+    from samdetr.official_fixture import official_args, official_state_dict
+
+    buffer = io.BytesIO()
+    torch.save({"model": official_state_dict(official_tiny_dir, "base"),
+                "args": argparse.Namespace(**official_args(official_tiny_dir, "base"))}, buffer)
+    s3.client.put_object(Bucket=BUCKET, Key="pretrained/official.pth", Body=buffer.getvalue())
+    source = f"s3://{BUCKET}/pretrained/official.pth"
+    pretrained = fetch_pretrained(source, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert pretrained.kind == "official" and pretrained.origin == source
+    assert pretrained.config.model.num_queries == 30
+    with pytest.raises(ValueError, match="init.weights=s3://.*absent.pth could not be read"):
+        fetch_pretrained(f"s3://{BUCKET}/pretrained/absent.pth", f"sqlite:///{tmp_path}/m.db")
