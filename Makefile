@@ -15,7 +15,7 @@ venv .venv: $(STAMP)
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --constraint $(LOCK) -e '.[pipelines,dev]'
+	$(VPY) -m pip install --constraint $(LOCK) -e '.[pipelines,export,dev]'
 	touch $@
 
 # The suite in its two tiers (tests/conftest.py): the unit tier on every core, test by test;
@@ -58,7 +58,7 @@ LOCK_VENV := .venv-lock
 constraints:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[pipelines,dev]'
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[pipelines,export,dev]'
 	{ echo "# The lock: pip constraints for make, CI and infra/docker/Dockerfile. Refresh with make constraints."; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' \
 	    | sed -E 's/\+[A-Za-z0-9.]+$$//'; } \

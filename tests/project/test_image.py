@@ -77,8 +77,8 @@ def test_the_image_has_one_cuda_line_and_installs_with_the_constraints():
     base = _base_image(text)
     assert not re.search(r"cuda|rayproject", base), f"the base {base} carries its own CUDA"
     assert not re.search(r"apt-get install[^\n]*\bcuda", text)
-    assert "--constraint infra/constraints.txt" in text and '".[pipelines]"' in text
-    assert re.search(r'--editable "\.\[pipelines\]" boto3\b', text), "boto3 for Ray's AWS"
+    assert "--constraint infra/constraints.txt" in text and '".[pipelines,export]"' in text
+    assert re.search(r'--editable "\.\[pipelines,export\]" boto3\b', text), "boto3 for Ray's AWS"
 
 
 def _header(text: str) -> str:
