@@ -48,11 +48,13 @@ class StudyTracking:
     def finish(self, histories: Histories, facts: dict[str, str], report: Path | None,
                baseline: str) -> None:
         """Write the report (if asked), log everything to the parent run, print the table."""
+        # The plot lies beside the report, named after it; in MLflow, beside convergence.md.
         section = report_section(histories, facts, baseline, "convergence.png")
         if report is not None:
             report.parent.mkdir(parents=True, exist_ok=True)
             existing = report.read_text() if report.is_file() else None
-            report.write_text(merge_report(existing, section, TITLE))
+            beside = report_section(histories, facts, baseline, report.with_suffix(".png").name)
+            report.write_text(merge_report(existing, beside, TITLE))
             figure(histories).savefig(report.with_suffix(".png"), dpi=110)
             print(f"[study] report {report} and {report.with_suffix('.png')}", flush=True)
         print("\nValidation AP50 (%) per epoch, mean ± stdev [min–max] over seeds:\n"

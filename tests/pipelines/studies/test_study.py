@@ -47,7 +47,7 @@ def test_study_trains_every_run_once_under_one_parent(tmp_path):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     train = write_shards(tmp_path, "train", 8, seed=0)
     val = write_shards(tmp_path, "val", 4, seed=1)
-    report = tmp_path / "docs" / "convergence.md"
+    report = tmp_path / "docs" / "my-study.md"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     study, base = _compose([
         "~study.variants.sam_smca", "study.seeds=[5]", "study.make_data=null",
@@ -76,6 +76,10 @@ def test_study_trains_every_run_once_under_one_parent(tmp_path):
         assert {c.data.params["model.decoder"] for c in children} == {"baseline", "sam"}
         artifacts = {a.path for a in client.list_artifacts(parent)}
         assert {"results.csv", "convergence.png", "convergence.md"} <= artifacts
+        # The report links the plot written beside it, and names the commit that trained.
+        text = report.read_text()
+        assert "](my-study.png)" in text and (tmp_path / "docs" / "my-study.png").is_file()
+        assert "- **commit**: " in text
         assert [m.step for m in client.get_metric_history(parent, "AP50_mean.sam")] == [0]
         assert client.get_run(parent).info.status == "FINISHED"
         text = report.read_text()
