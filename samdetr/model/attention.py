@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samdetr.model.mlp import MLP
+from samdetr.model.sizes import sizes_tensor
 
 
 def attend(
@@ -184,7 +185,7 @@ def smca_gaussian_bias(
         (B, M, Q, H * W).
     """
     height, width = spatial_shape
-    size = torch.tensor([width, height], dtype=points.dtype, device=points.device)
+    size = sizes_tensor((width, height), points)
     pixel = points * size * valid_ratio[:, None, None, :].to(points.dtype)
     xs = torch.arange(width, dtype=points.dtype, device=points.device) + 0.5
     ys = torch.arange(height, dtype=points.dtype, device=points.device) + 0.5

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samdetr.model.sizes import sizes_tensor
+
 
 def sample_levels(
     value: Tensor, spatial_shapes: list[tuple[int, int]], locations: Tensor, weights: Tensor
@@ -165,8 +167,7 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query).view(b, q, m, levels, p, 2)
         weights = self.attention_weights(query).view(b, q, m, levels * p).softmax(-1)
         # offsets are in cells of each level: divide by its (W, H)
-        size = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype,
-                            device=query.device)
+        size = sizes_tensor([n for h, w in spatial_shapes for n in (w, h)], query).view(-1, 2)
         locations = reference_points[:, :, None, :, None, :] \
             + offsets / size[None, None, None, :, None, :]
         sample = sample_levels_stacked if self.stacked else sample_levels

@@ -50,6 +50,18 @@ class PostProcess(nn.Module):
             ``boxes`` (k, 4) absolute (x1, y1, x2, y2) pixels and ``queries`` (k,) the query
             each detection comes from (e.g. to pick its salient points), k = min(num_top, Q * K).
         """
+        batched = self.batched(outputs, target_sizes)
+        return [
+            {"scores": s, "labels": lab, "boxes": b, "queries": q}
+            for s, lab, b, q in zip(batched["scores"], batched["labels"], batched["boxes"],
+                                    batched["queries"], strict=True)
+        ]
+
+    def batched(self, outputs: Mapping[str, Tensor], target_sizes: Tensor) -> dict[str, Tensor]:
+        """The detections of :meth:`forward` as batched tensors: ``scores`` (B, k), ``labels``
+        (B, k) int64, ``boxes`` (B, k, 4) and ``queries`` (B, k) int64. No loop over the
+        images, so it traces into an exported graph whose batch size stays free
+        (:mod:`samdetr.export.exporter`); gradients flow unless the caller turns them off."""
         batch, num_queries, num_classes = validate_outputs(outputs)
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         target_sizes = torch.as_tensor(target_sizes, device=logits.device)
@@ -70,8 +82,5 @@ class PostProcess(nn.Module):
         height, width = target_sizes.to(xyxy.dtype).unbind(1)
         scale = torch.stack([width, height, width, height], dim=1)  # (B, 4)
         xyxy = xyxy * scale[:, None, :]
-
-        return [
-            {"scores": s, "labels": lab, "boxes": b, "queries": q}
-            for s, lab, b, q in zip(scores, labels.to(torch.int64), xyxy, query_idx, strict=True)
-        ]
+        return {"scores": scores, "labels": labels.to(torch.int64), "boxes": xyxy,
+                "queries": query_idx}

@@ -9,6 +9,7 @@ from torchvision.ops import box_convert, roi_align
 
 from samdetr.model.position_encoding import sine_embed_points
 from samdetr.model.roi_align import roi_align_boxes
+from samdetr.model.sizes import sizes_tensor
 
 
 class SemanticAligner(nn.Module):
@@ -100,7 +101,7 @@ class SemanticAligner(nn.Module):
         m = self.num_points
         height, width = memory_2d.shape[-2:]
         # Reference boxes -> absolute xyxy in feature-map cells of the unpadded image.
-        scale = memory_2d.new_tensor([width, height, width, height]) * valid_ratio.repeat(1, 2)
+        scale = sizes_tensor((width, height, width, height), memory_2d) * valid_ratio.repeat(1, 2)
         boxes = box_convert(ref_boxes, "cxcywh", "xyxy") * scale[:, None, :]
         # One RoIAlign serves both the point head and the sampling (the official code ran two
         # identical ones).

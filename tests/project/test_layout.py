@@ -18,6 +18,7 @@ ALLOWED = {
     "samdetr.model": {"samdetr.batching"},
     "samdetr.data": {"samdetr.batching"},
     "samdetr.engine": {"samdetr.batching", "samdetr.config", "samdetr.model", "samdetr.data"},
+    "samdetr.export": {"samdetr.batching", "samdetr.config", "samdetr.model"},
 }
 
 
