@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any
 
 from pipelines.common.tracking_settings import TrackingSettings
+from pipelines.inference.export import ExportSettings
 from pipelines.jobs.settings import SubmitSettings
 from pipelines.promotion.gate import PromoteSettings
 from pipelines.studies.run import StudySettings
@@ -78,7 +79,8 @@ def register_defaults() -> None:
     (:class:`pipelines.sweeps.settings.SweepSettings`), and the top-level ``promote_base``
     (:class:`pipelines.promotion.gate.PromoteSettings`, conf/promote.yaml's start) and
     ``submit_base``
-    (:class:`pipelines.jobs.settings.SubmitSettings`, conf/submit.yaml's) (idempotent)."""
+    (:class:`pipelines.jobs.settings.SubmitSettings`, conf/submit.yaml's) and ``export_base``
+    (:class:`pipelines.inference.export.ExportSettings`, conf/export.yaml's) (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -89,6 +91,7 @@ def register_defaults() -> None:
         store.store(group=group, name="base", node=defaults_node(cls))
     store.store(name="promote_base", node=defaults_node(PromoteSettings))
     store.store(name="submit_base", node=defaults_node(SubmitSettings))
+    store.store(name="export_base", node=defaults_node(ExportSettings))
 
 
 def settings_dict(cfg: Any) -> dict[str, Any]:

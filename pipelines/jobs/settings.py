@@ -24,7 +24,7 @@ from pipelines.common.checks import flag, non_negative
 PIPELINES = {
     "make_synthetic": "make_synthetic", "preprocess": "preprocess", "train": "train",
     "tune": "tune", "study": "study", "evaluate": "evaluate", "promote": "promote",
-    "predict": "predict",
+    "predict": "predict", "export": "export",
 }
 #: Commands about jobs already submitted; each but ``list`` takes a job (submission) id.
 JOB_COMMANDS = ("list", "logs", "status", "stop")

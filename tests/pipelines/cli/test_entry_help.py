@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 HYDRA_ENTRY_POINTS = ["train", "tune", "study", "evaluate", "predict", "promote", "preprocess",
-                      "make_synthetic"]
+                      "make_synthetic", "export"]
 
 
 def _help(module: str) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ from pipelines.data.synthetic import write_synthetic  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 ENTRY_POINTS = ("train", "preprocess", "evaluate", "make_synthetic", "tune", "predict",
-                "promote")
+                "promote", "export")
 
 
 def _compose(config_name: str, overrides: list[str], hydra_node: bool = False):
@@ -125,6 +125,8 @@ FINGERPRINTS = {
     # class_drop and class_min_gt (the per-class guard, #28) joined promote's settings.
     "promote shards=x": "8b5b00136eaf3451",
     "submit": "5eb3490e066d041b",
+    # pipelines.export (#29): ExportSettings' defaults, output given.
+    "export output=x.onnx": "012d422a326e09d7",
     "make_synthetic": "6bf71df80590184c",
     "study": "dbf94c27cd7d6f18",
     "tune": "7debba97a8f067f2",
