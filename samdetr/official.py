@@ -189,12 +189,18 @@ def read_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    return official_parts(load_weights_only(path), path)
+
+
+def load_weights_only(path: Path) -> Any:
+    """What ``torch.save`` wrote at ``path``, loaded with ``weights_only=True`` and
+    ``argparse.Namespace`` (the official files' ``args``) the one class allowed: no code is
+    ever unpickled. ValueError when it cannot be loaded so."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError and friends
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
             raise ValueError(f"{path} is not a safely loadable checkpoint: {err}") from err
-    return official_parts(ckpt, path)
 
 
 def official_parts(ckpt: Any, path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -16,7 +16,6 @@ because such a "fine-tune" would silently be a run from random weights.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,12 @@ from torch import Tensor, nn
 
 from samdetr.checkpoint import check_payload
 from samdetr.config import DetectorConfig, ModelConfig
-from samdetr.official import convert_state_dict, infer_config, official_parts
+from samdetr.official import (
+    convert_state_dict,
+    infer_config,
+    load_weights_only,
+    official_parts,
+)
 
 #: A model built anew keeps its class heads' initialisation only if the file has none of that
 #: shape; these prefixes name them (under DDP the names carry ``module.`` first).
@@ -139,11 +143,7 @@ def read_pretrained(path: str | Path, origin: str | None = None) -> PretrainedWe
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no pretrained checkpoint at {path}")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
-            raise ValueError(f"{path} is not a safely loadable checkpoint: {err}") from err
+    payload = load_weights_only(path)
     origin = origin or str(path)
     if isinstance(payload, dict) and "format" in payload:
         check_payload(payload, path)

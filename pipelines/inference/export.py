@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -25,9 +24,8 @@ from pipelines.common.checks import flag, non_empty, positive_int
 from pipelines.common.tracking import create_run, finish_run, store_client
 from pipelines.common.tracking_settings import store_uri
 from pipelines.registry.evaluation_record import registered_version
-from pipelines.registry.model_facts import MODEL_CHECKPOINT
-from pipelines.registry.model_uri import is_model_uri
-from pipelines.registry.register import fetched_model
+from pipelines.registry.model_uri import check_model_source
+from pipelines.registry.register import fetched_checkpoint
 from samdetr.export.exporter import EXPORT_ROI_ALIGN, EXPORTERS, FORMATS
 
 EXPERIMENT = "samdetr-export"
@@ -60,12 +58,7 @@ class ExportSettings:
     mlflow_experiment: str = EXPERIMENT
 
     def __post_init__(self) -> None:
-        if (self.model_uri is None) == (self.checkpoint is None):
-            raise ValueError("give exactly one of model_uri=URI (models:/NAME@ALIAS, "
-                             "models:/NAME/VERSION, runs:/ID/model) or checkpoint=PATH")
-        if self.model_uri is not None and not is_model_uri(str(self.model_uri)):
-            raise ValueError(f"model_uri must start with one of ('models:/', 'runs:/'), got "
-                             f"{self.model_uri!r} (a checkpoint goes in checkpoint=PATH)")
+        check_model_source(self.model_uri, self.checkpoint)
         for name, allowed in (("format", FORMATS), ("exporter", EXPORTERS),
                               ("roi_align", EXPORT_ROI_ALIGN)):
             if getattr(self, name) not in allowed:
@@ -96,11 +89,7 @@ def source_checkpoint(settings: ExportSettings) -> Iterator[str]:
         with local_checkpoint(settings.checkpoint) as path:
             yield path
         return
-    with fetched_model(store_uri(settings.tracking_uri), settings.model_uri) as local:
-        path = os.path.join(local, MODEL_CHECKPOINT)
-        if not os.path.isfile(path):
-            raise ValueError(f"{settings.model_uri} holds no {MODEL_CHECKPOINT}: not a samdetr "
-                             "model")
+    with fetched_checkpoint(store_uri(settings.tracking_uri), settings.model_uri) as path:
         yield path
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,8 @@ from pipelines.common.checkpoints import local_checkpoint
 from pipelines.common.checks import flag, non_empty, positive_int
 from pipelines.common.tracking_settings import store_uri
 from pipelines.inference.evaluate import resolve_device
-from pipelines.registry.model_uri import is_model_uri
-from pipelines.registry.register import fetched_model
+from pipelines.registry.model_uri import check_model_source
+from pipelines.registry.register import fetched_checkpoint
 from samdetr.data.storage import list_files, read_file
 
 
@@ -45,12 +44,7 @@ class PredictSettings:
     tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.model_uri is None) == (self.checkpoint is None):
-            raise ValueError("give exactly one of model_uri=URI (models:/NAME@ALIAS, "
-                             "models:/NAME/VERSION, runs:/ID/model) or checkpoint=PATH")
-        if self.model_uri is not None and not is_model_uri(str(self.model_uri)):
-            raise ValueError(f"model_uri must start with one of ('models:/', 'runs:/'), got "
-                             f"{self.model_uri!r} (a checkpoint goes in checkpoint=PATH)")
+        check_model_source(self.model_uri, self.checkpoint)
         non_empty(self.output, "output")
         images = [self.images] if isinstance(self.images, str) else self.images
         if not isinstance(images, (list, tuple)) or not images or not all(
@@ -78,15 +72,8 @@ def _checkpoint_of(config: PredictSettings) -> Iterator[str]:
         with local_checkpoint(config.checkpoint) as path:
             yield path
         return
-    model = config.model_uri
-    from mlflow.models import Model
-
-    with fetched_model(store_uri(config.tracking_uri), model) as local:
-        flavor = Model.load(local).flavors.get("python_function", {})
-        artifact = flavor.get("artifacts", {}).get("checkpoint", {}).get("path")
-        if artifact is None:
-            raise ValueError(f"{model} is not a samdetr model (it has no checkpoint artifact)")
-        yield os.path.join(local, artifact)
+    with fetched_checkpoint(store_uri(config.tracking_uri), config.model_uri) as path:
+        yield path
 
 
 def run_predict(config: PredictSettings) -> dict[str, Any]:

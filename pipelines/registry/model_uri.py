@@ -33,6 +33,17 @@ def is_model_uri(uri: str) -> bool:
     return uri.startswith((MODELS, RUNS))
 
 
+def check_model_source(model_uri: str | None, checkpoint: str | None) -> None:
+    """ValueError unless exactly one of a command's ``model_uri`` and ``checkpoint`` settings is
+    given, the first a model URI."""
+    if (model_uri is None) == (checkpoint is None):
+        raise ValueError("give exactly one of model_uri=URI (models:/NAME@ALIAS, "
+                         "models:/NAME/VERSION, runs:/ID/model) or checkpoint=PATH")
+    if model_uri is not None and not is_model_uri(str(model_uri)):
+        raise ValueError(f"model_uri must start with one of ('models:/', 'runs:/'), got "
+                         f"{model_uri!r} (a checkpoint goes in checkpoint=PATH)")
+
+
 def parse_model_uri(uri: str) -> ModelUri | None:
     """The parts of ``uri``; None when it is not a model URI. A malformed one (``models:/``,
     ``models:/a/b/c``, ``runs:/ID`` without a path) raises ``ValueError`` naming the forms."""

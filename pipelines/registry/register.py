@@ -18,6 +18,7 @@ from pipelines.common.checkpoints import CHECKPOINT_FILE
 from pipelines.common.tracking import in_run, store_client
 from pipelines.common.tracking_settings import TrackingSettings
 from pipelines.registry.mlflow_model import log_detector_model
+from pipelines.registry.model_facts import MODEL_CHECKPOINT
 from pipelines.registry.model_uri import ModelUri, parse_model_uri
 
 #: Run tag naming the checkpoint already logged as the run's MLflow model (no duplicate versions).
@@ -133,3 +134,14 @@ def fetched_model(uri: str, model_uri: str) -> Iterator[str]:
     temporary folder, deleted afterwards)."""
     with tempfile.TemporaryDirectory(prefix="samdetr-model-") as folder:
         yield download_model(uri, model_uri, folder)
+
+
+@contextlib.contextmanager
+def fetched_checkpoint(uri: str, model_uri: str) -> Iterator[str]:
+    """The samdetr checkpoint inside the MLflow model ``model_uri`` of the store ``uri``, as a
+    local file while inside; ValueError for a model that holds none (not this project's)."""
+    with fetched_model(uri, model_uri) as local:
+        path = os.path.join(local, MODEL_CHECKPOINT)
+        if not os.path.isfile(path):
+            raise ValueError(f"{model_uri} holds no {MODEL_CHECKPOINT}: not a samdetr model")
+        yield path

@@ -14,9 +14,8 @@ from typing import Any
 
 from pipelines.common.checkpoints import checkpoint_file, local_checkpoint
 from pipelines.common.tracking import store_client
-from pipelines.registry.model_facts import MODEL_CHECKPOINT
 from pipelines.registry.model_uri import is_model_uri
-from pipelines.registry.register import fetched_model
+from pipelines.registry.register import fetched_checkpoint
 from pipelines.training.settings import TrainSettings
 from samdetr.builder import build_model
 from samdetr.data.storage import is_uri, read_file
@@ -51,11 +50,7 @@ def fetch_pretrained(weights: str, tracking_uri: str) -> PretrainedWeights:
     expected, when there is nothing readable there."""
     try:
         if is_model_uri(weights):
-            with fetched_model(tracking_uri, weights) as folder:
-                path = os.path.join(folder, MODEL_CHECKPOINT)
-                if not os.path.isfile(path):
-                    raise ValueError(f"the MLflow model holds no {MODEL_CHECKPOINT}: not a "
-                                     "samdetr model")
+            with fetched_checkpoint(tracking_uri, weights) as path:
                 return read_pretrained(path, origin=weights)
         with _local_file(weights) as path:
             return read_pretrained(path, origin=weights)

@@ -9,6 +9,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # ----------------------------------------------------------------------------- decoding
+#: The EXIF orientation tag, and its values that swap width and height.
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = {5, 6, 7, 8}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -21,6 +24,20 @@ def _open(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data))
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"could not decode image bytes ({len(data)} bytes): {error}") from error
+
+
+def oriented_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of encoded image ``data`` as shown, after its EXIF orientation: the
+    size a label file's normalised or pixel boxes refer to. Reads the header only.
+
+    Raises:
+        PIL.UnidentifiedImageError, OSError: the bytes are not a readable image.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:
+            width, height = height, width
+    return width, height
 
 
 def _finish(image: Image.Image, exif_transpose: bool) -> Image.Image:

@@ -19,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-__all__ = ["absolute", "file_sizes", "is_local", "is_uri", "list_files", "read_file", "resolve_fs"]
+__all__ = ["absolute", "file_sizes", "is_local", "is_uri", "list_files", "read_bytes", "read_file",
+           "resolve_fs"]
 
 # Signs of a refused bucket-level request (S3 HeadBucket needs s3:ListBucket, GCS bucket
 # metadata needs storage.buckets.get): object-level rights may still suffice, so go on. Error
@@ -198,6 +199,12 @@ def _expand(source: str, suffixes: tuple[str, ...]) -> list[str]:
     if pattern is not None:
         return [f"{prefix}/{n}" for n in names if fnmatch.fnmatchcase(n, pattern)]
     return [f"{prefix}/{n}" for n in names if n.lower().endswith(suffixes)]
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    """The bytes of ``path`` on ``fs`` (``FileNotFoundError`` when there is none)."""
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:

@@ -51,7 +51,6 @@ expat 2.4.1, refuses entity-expansion bombs.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 import posixpath
@@ -61,19 +60,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from samdetr.data.coco_rows import make_reject
 from samdetr.data.coco_source import CocoSource, source_from_document
-from samdetr.data.storage import IMAGE_SUFFIXES, resolve_fs
+from samdetr.data.images import oriented_size
+from samdetr.data.storage import IMAGE_SUFFIXES, read_bytes, resolve_fs
 
 __all__ = ["ANNOTATIONS", "IMAGES", "SPLITS", "load_voc", "voc_box"]
 
 ANNOTATIONS = "Annotations"
 IMAGES = "JPEGImages"
 SPLITS = "ImageSets/Main"
-#: EXIF orientations that swap width and height.
-_TRANSPOSED = {5, 6, 7, 8}
 
 
 @dataclass(frozen=True)
@@ -181,7 +179,7 @@ def _check_layout(fs: pafs.FileSystem, root: str) -> None:
 def _split_bytes(fs: pafs.FileSystem, root: str, split: str) -> bytes:
     """The split file's content; ValueError listing the splits there are when it is missing."""
     try:
-        return _read(fs, f"{root}/{SPLITS}/{split}.txt")
+        return read_bytes(fs, f"{root}/{SPLITS}/{split}.txt")
     except FileNotFoundError:
         raise ValueError(f"{root}: no split {split!r} ({SPLITS}/{split}.txt); the splits there "
                          f"are {_available_splits(fs, f'{root}/{SPLITS}')}") from None
@@ -221,18 +219,13 @@ def _image_names(fs: pafs.FileSystem, folder: str) -> set[str]:
             if f.type == pafs.FileType.File}
 
 
-def _read(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
 def _entry(fs: pafs.FileSystem, root: str, image_id: int, stem: str,
            available: set[str]) -> tuple[_Entry, bytes | None]:
     """The :class:`_Entry` of one id, and its XML's bytes (None when there is none)."""
     xml_name = f"{ANNOTATIONS}/{stem}.xml"
     guess = _image_file(stem, None, available) or f"{stem}.jpg"
     try:
-        raw = _read(fs, f"{root}/{xml_name}")
+        raw = read_bytes(fs, f"{root}/{xml_name}")
     except FileNotFoundError:
         return _Entry(image_id, f"{IMAGES}/{guess}",
                       problem=f"missing_annotation: no {xml_name}"), None
@@ -320,14 +313,9 @@ def _parse_object(node: ElementTree.Element, number: int) -> _Object:
 def _measured_size(fs: pafs.FileSystem, path: str) -> tuple[int, int] | str:
     """The image's ``(width, height)`` after its EXIF orientation, or a reject reason."""
     try:
-        data = _read(fs, path)
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if image.getexif().get(0x0112) in _TRANSPOSED:
-                width, height = height, width
+        return oriented_size(read_bytes(fs, path))
     except (UnidentifiedImageError, OSError) as err:
         return f"unreadable_image: {err}"
-    return width, height
 
 
 def _found_names(entries: list[_Entry]) -> list[str]:

@@ -23,25 +23,23 @@ cannot be read or a label file without its image (``missing_image`` / ``unreadab
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import posixpath
 from typing import Any
 
 import pyarrow.fs as pafs
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from samdetr.data.coco_rows import make_reject
 from samdetr.data.coco_source import CocoSource, source_from_document
-from samdetr.data.storage import resolve_fs
+from samdetr.data.images import oriented_size
+from samdetr.data.storage import read_bytes, resolve_fs
 
 __all__ = ["IMAGE_SUFFIXES", "load_yolo"]
 
 #: Image files a split folder is searched for (case-insensitive).
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-#: EXIF orientations that swap width and height (the stored size is the oriented one).
-_TRANSPOSED = {5, 6, 7, 8}
 
 
 def load_yolo(data_yaml: str | os.PathLike[str], split: str,
@@ -50,7 +48,7 @@ def load_yolo(data_yaml: str | os.PathLike[str], split: str,
     described by ``data_yaml`` (a local path or a URI); file names in the source are relative
     to ``images_dir`` (the dataset's root)."""
     fs, yaml_path = resolve_fs(data_yaml, filesystem)
-    raw = _read(fs, yaml_path)
+    raw = read_bytes(fs, yaml_path)
     spec = _parse_yaml(raw, yaml_path)
     names = _names(spec, yaml_path)
     root = spec.get("path")
@@ -95,11 +93,6 @@ def label_path(image_path: str) -> str:
     return posixpath.splitext(path)[0] + ".txt"
 
 
-def _read(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
 def _parse_yaml(raw: bytes, path: str) -> dict[str, Any]:
     try:
         spec = yaml.safe_load(raw)
@@ -133,7 +126,7 @@ def _split_images(fs: pafs.FileSystem, root: str, entry: Any, path: str) -> list
     for item in entries:
         where = posixpath.normpath(posixpath.join(root, str(item)))
         if where.endswith(".txt"):
-            for line in _read(fs, where).decode().splitlines():
+            for line in read_bytes(fs, where).decode().splitlines():
                 if line.strip():
                     found.append(posixpath.normpath(posixpath.join(root, line.strip())))
             continue
@@ -149,22 +142,18 @@ def _split_images(fs: pafs.FileSystem, root: str, entry: Any, path: str) -> list
 def _oriented_size(fs: pafs.FileSystem, path: str) -> tuple[int, int] | str:
     """``(width, height)`` after the EXIF orientation, or a reject reason."""
     try:
-        data = _read(fs, path)
+        data = read_bytes(fs, path)
     except FileNotFoundError:
         return "missing_image"
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if image.getexif().get(0x0112) in _TRANSPOSED:
-                width, height = height, width
+        return oriented_size(data)
     except (UnidentifiedImageError, OSError) as err:
         return f"unreadable_image: {err}"
-    return width, height
 
 
 def _label_text(fs: pafs.FileSystem, path: str) -> str:
     try:
-        return _read(fs, path).decode()
+        return read_bytes(fs, path).decode()
     except FileNotFoundError:
         return ""  # no label file: a negative image
 
