@@ -5,7 +5,7 @@ ResNet weights, as the official code always starts from them. A fresh run reads 
 the driver here, through torchvision's cache (downloading them into it if they are not there),
 so a missing file or an unreachable download stops the run at start with what to do, instead
 of failing inside every worker. The driver then puts them into Ray's object store
-(:func:`share_backbone_weights`) and every worker loads them from there: GPU nodes need no
+(:func:`share_object`) and every worker loads them from there: GPU nodes need no
 network access and no copy of the file. Training from a random backbone is a choice made
 explicitly: ``model.backbone.weights=null``.
 """
@@ -49,12 +49,6 @@ def absolute_weights(weights: str | None) -> str | None:
     if weights is not None and Path(weights).expanduser().is_file():
         return os.path.abspath(Path(weights).expanduser())
     return weights
-
-
-def share_backbone_weights(state: dict[str, torch.Tensor] | None) -> Any:
-    """An object-store reference to ``state`` (read on the driver) for the workers to load
-    instead of reading the weights themselves; None for None. Needs Ray to be up."""
-    return share_object(state)
 
 
 def share_object(value: Any) -> Any:

@@ -5,6 +5,7 @@ classes hold it down, and since when."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,9 +27,8 @@ def metric_names(rows: Sequence[dict[str, Any]]) -> dict[int, str]:
     """``{category id: key}`` for MLflow metric names: the class name with the characters MLflow
     refuses replaced, and the id added where two names would then be the same."""
     safe = {row["category_id"]: _UNSAFE.sub("_", str(row["name"])) or "_" for row in rows}
-    taken = [name for name in safe.values()]
-    return {cid: (name if taken.count(name) == 1 else f"{name}_{cid}")
-            for cid, name in safe.items()}
+    taken = Counter(safe.values())
+    return {cid: (name if taken[name] == 1 else f"{name}_{cid}") for cid, name in safe.items()}
 
 
 def class_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -24,7 +24,7 @@ class TrainJob:
     ``val_manifest_sha256``), kept in checkpoints so a registered model names its data.
     ``fit_id``: tells this call's reports from those restored checkpoints still carry.
     ``backbone_weights``: an object-store reference to the ImageNet state dict the driver read
-    (:func:`pipelines.training.backbone_weights.share_backbone_weights`), which a fresh start loads
+    (:func:`pipelines.training.backbone_weights.share_object`), which a fresh start loads
     instead of reading ``model.backbone.weights`` on every worker; None: workers read them.
     ``pretrained``: an object-store reference to the
     :class:`samdetr.pretrained.PretrainedWeights` of ``init.weights`` (read and checked by the

@@ -26,7 +26,6 @@ from pipelines.data.ingest import EpochClock
 from pipelines.registry.register import log_best_model
 from pipelines.training.backbone_weights import (
     check_backbone_weights,
-    share_backbone_weights,
     share_object,
 )
 from pipelines.training.job import TrainJob
@@ -130,7 +129,7 @@ def run_training(settings: TrainSettings, config_yaml: str = "",
                 warnings=warnings)
     try:
         summary = _fit(settings, data, run_id, uri, callbacks, StartWeights(
-            share_backbone_weights(backbone_state), share_object(pretrained),
+            share_object(backbone_state), share_object(pretrained),
             start.get("lineage", {})))
     except BaseException:
         if run_id is not None:  # whatever stopped the run, MLflow must not show it running
