@@ -23,6 +23,7 @@ from pipelines.data.ingest import (  # noqa: E402
     EpochClock,
     EveryImageDataConfig,
     PadCollate,
+    shard_dataset,
     training_dataset,
 )
 from samdetr.data.loader import RowDecoder  # noqa: E402
@@ -164,5 +165,12 @@ def test_two_workers_see_every_image_once_per_epoch_in_a_new_order(tmp_path):
             sizes.append(size)
         sizes_per_epoch.append(sizes)
     assert sizes_per_epoch[0] != sizes_per_epoch[1]  # a new draw every epoch
+
+    # The shards are read file by file, not listed again with a new pool of footer-reading
+    # actors at every execution (Ray Data's newer reader); the caller's setting is left as is.
+    default = ray.data.DataContext.get_current().use_datasource_v2
+    stats = shard_dataset(str(shards)).materialize().stats()
+    assert "ReadParquet" in stats and "ListFiles" not in stats, stats
+    assert ray.data.DataContext.get_current().use_datasource_v2 == default
 
     ray.shutdown()
