@@ -5,6 +5,8 @@
         tracking_uri=http://mlflow:5000
     python -m pipelines.predict checkpoint=outputs/ray/shapes/epoch_0020 \
         'images=[a.jpg,b.png]' score_threshold=0.3 salient_points=true
+    python -m pipelines.predict model_uri=models:/sam-detr@champion images=s3://b/shots \
+        engine=ray actors=4 pictures=false
 
 Writes into ``output``: ``results.json`` (COCO results: ``image_id``, ``category_id``, ``bbox``
 ``[x, y, w, h]``, ``score``, and the image's ``file_name``), ``images.json`` (the ids, files and
@@ -13,6 +15,14 @@ with boxes, class names, scores and, with ``salient_points``, each detection's s
 (as in the paper's Figure 4). An image that cannot be read or decoded is listed in
 ``skipped.txt`` and on the console; the others go on. A model URI is looked up and downloaded in
 the store ``tracking_uri`` (else $MLFLOW_TRACKING_URI, else ./mlflow.db), as in the other commands.
+
+``engine=ray`` scales out: Ray Data reads and decodes the images (also a shard set folder of
+``pipelines.preprocess``), a pool of ``actors`` model actors detects (``gpus_per_actor``: auto,
+1 GPU each where the cluster has GPUs; ``cpus_per_actor``), and the outputs are written as they
+come: ``detections/part-NNNNN.parquet`` (one row per detection) and ``results/part-NNNNN.json``
+(COCO results) every ``part_images`` images, pictures, then ``images.json`` and
+``skipped.txt``. A model actor that crashes is restarted and its batch run again: every image
+is written exactly once.
 """
 
 from __future__ import annotations

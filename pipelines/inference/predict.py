@@ -4,20 +4,25 @@ images, running the predictor, and writing results, tables and pictures."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.common.checkpoints import local_checkpoint
-from pipelines.common.checks import flag, non_empty, positive_int
-from pipelines.common.tracking_settings import store_uri
+from pipelines.common.checks import flag, non_empty, non_negative, positive_int
+from pipelines.inference.batch_predict import run_batch_predict
 from pipelines.inference.evaluate import resolve_device
+from pipelines.inference.predict_outputs import (
+    PICTURES,
+    picture,
+    picture_name,
+    write_images_json,
+    write_skipped,
+)
+from pipelines.inference.predict_sources import AUTO_GPUS, ENGINES, checkpoint_of, shard_set_of
 from pipelines.registry.model_uri import check_model_source
-from pipelines.registry.register import fetched_checkpoint
 from samdetr.data.storage import list_files, read_file
 
 
@@ -25,9 +30,16 @@ from samdetr.data.storage import list_files, read_file
 class PredictSettings:
     """Exactly one of ``model_uri`` (``models:/name@alias``, ``models:/name/version``,
     ``runs:/id/model``) and ``checkpoint`` (``checkpoint.pt`` or a Ray Train checkpoint folder,
-    local or a URI). ``images``: a folder, a glob, a file, or a list of them, local or at URIs.
+    local or a URI). ``images``: a folder, a glob, a file, or a list of them, local or at URIs;
+    with ``engine=ray`` also a shard set folder (``pipelines.preprocess``'s output).
     ``tracking_uri``: the MLflow store of ``model_uri`` (None: $MLFLOW_TRACKING_URI, else
     ``sqlite:///mlflow.db`` in the current folder).
+
+    ``engine=ray`` only: ``ray_address`` (None: the Ray of $RAY_ADDRESS or a local one started
+    here), ``actors`` (model actors in the pool), ``cpus_per_actor``, ``gpus_per_actor`` (a
+    number, or ``auto``: 1 where the cluster has GPUs, else 0) and ``part_images`` (images per
+    output part). A crashed model actor is restarted and its batch run again (Ray Data's
+    defaults for an actor pool: restarts and retries without limit).
     """
     images: str | list[str]
     output: str
@@ -42,6 +54,12 @@ class PredictSettings:
     device: str = "auto"
     exif_transpose: bool = True
     tracking_uri: str | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+    actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float | str = AUTO_GPUS
+    part_images: int = 1000
 
     def __post_init__(self) -> None:
         check_model_source(self.model_uri, self.checkpoint)
@@ -54,36 +72,39 @@ class PredictSettings:
         if isinstance(self.score_threshold, bool) or not isinstance(
                 self.score_threshold, (int, float)) or not 0 <= self.score_threshold <= 1:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold!r}")
-        for name in ("num_top", "batch_size", "max_drawn"):
+        for name in ("num_top", "batch_size", "max_drawn", "actors", "part_images"):
             positive_int(getattr(self, name), name)
         for name in ("pictures", "salient_points", "exif_transpose"):
             flag(getattr(self, name), name)
-        if self.tracking_uri is not None and (not isinstance(self.tracking_uri, str)
-                                              or not self.tracking_uri):
-            raise ValueError(f"tracking_uri must be an MLflow store URI or null, got "
-                             f"{self.tracking_uri!r}")
-
-
-@contextlib.contextmanager
-def _checkpoint_of(config: PredictSettings) -> Iterator[str]:
-    """A local samdetr checkpoint file: the checkpoint, or the one an MLflow model carries
-    (its ``checkpoint`` artifact), fetched from the command's store."""
-    if config.checkpoint is not None:
-        with local_checkpoint(config.checkpoint) as path:
-            yield path
-        return
-    with fetched_checkpoint(store_uri(config.tracking_uri), config.model_uri) as path:
-        yield path
+        for name, what in (("tracking_uri", "an MLflow store URI"),
+                           ("ray_address", "a Ray address (ray://HEAD:10001, auto)")):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"{name} must be {what} or null, got {value!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        non_negative(self.cpus_per_actor, "cpus_per_actor")
+        if self.gpus_per_actor != AUTO_GPUS:
+            non_negative(self.gpus_per_actor, f"gpus_per_actor (or {AUTO_GPUS})")
+        if self.engine == "local" and self.ray_address is not None:
+            raise ValueError("ray_address is used by engine=ray only; set engine=ray or leave "
+                             "ray_address null")
 
 
 def run_predict(config: PredictSettings) -> dict[str, Any]:
-    """Detect, write the outputs; returns ``{"images", "detections", "skipped", "output"}``."""
+    """Detect, write the outputs; returns ``{"images", "detections", "skipped", "output"}``
+    (``engine=ray``: :func:`pipelines.inference.batch_predict.run_batch_predict`'s summary)."""
     from samdetr.inference import Predictor
 
+    if config.engine == "ray":
+        return run_batch_predict(config)
+    if shard_set_of(config.images) is not None:
+        raise ValueError(f"images={config.images} is a shard set: engine=ray reads shard sets "
+                         f"(engine=local reads image files)")
     files = list_files(config.images)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    with _checkpoint_of(config) as checkpoint:
+    with checkpoint_of(config.checkpoint, config.model_uri, config.tracking_uri) as checkpoint:
         predictor = Predictor.from_checkpoint(checkpoint, device=resolve_device(config.device),
                                               batch_size=config.batch_size,
                                               num_top=config.num_top)
@@ -117,8 +138,10 @@ def _detect_all(predictor: Any, files: Sequence[str], config: PredictSettings,
                 records.append({"id": len(records), "file": name, "size": image.size,
                                 "result": result})
                 if config.pictures:
-                    _picture(image, result, predictor.category_names, config,
-                             out / "pictures" / f"{len(records) - 1:06d}_{_stem(name)}.png")
+                    path = out / PICTURES / picture_name(len(records) - 1, name)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    picture(image, result, predictor.category_names, config.max_drawn,
+                            config.salient_points).save(path)
             bar.update(min(chunk, len(files) - start))
     return records, skipped
 
@@ -138,20 +161,6 @@ def _load(files: Sequence[str], config: PredictSettings,
     return images, names
 
 
-def _stem(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80]
-
-
-def _picture(image: Any, result: dict[str, Any], names: dict[int, str],
-             config: PredictSettings, path: Path) -> None:
-    from samdetr.visualize import draw_detections
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    points = result["points"] if config.salient_points else None
-    draw_detections(image, result, names, max_detections=config.max_drawn,
-                    points=points).save(path)
-
-
 def _write_tables(records: list[dict[str, Any]], skipped: list[tuple[str, str]],
                   names: dict[int, str], out: Path) -> None:
     from samdetr.engine.coco_eval import detections_to_coco_results
@@ -164,9 +173,8 @@ def _write_tables(records: list[dict[str, Any]], skipped: list[tuple[str, str]],
     for entry in results:
         entry["file_name"] = files[entry["image_id"]]
     (out / "results.json").write_text(json.dumps(results))
-    (out / "images.json").write_text(json.dumps(
-        [{"id": r["id"], "file_name": r["file"], "width": r["size"][0],
-          "height": r["size"][1]} for r in records], indent=1))
+    write_images_json(({"id": r["id"], "file_name": r["file"], "width": r["size"][0],
+                        "height": r["size"][1]} for r in records), out)
     with (out / "detections.csv").open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["image_id", "file_name", "score", "label", "name", "x1", "y1", "x2",
@@ -177,4 +185,4 @@ def _write_tables(records: list[dict[str, Any]], skipped: list[tuple[str, str]],
                                          res["boxes"].tolist(), strict=True):
                 writer.writerow([r["id"], r["file"], f"{score:.5f}", label,
                                  names.get(label, ""), *(f"{v:.2f}" for v in box)])
-    (out / "skipped.txt").write_text("".join(f"{n}\t{why}\n" for n, why in skipped))
+    write_skipped(skipped, out)
