@@ -19,12 +19,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $@
 
 # The suite in its two tiers (tests/conftest.py): the unit tier on every core, test by test;
-# then the integration tier (real Ray, servers, runs), slowest modules first. It runs in one
-# process by default; INTEGRATION_ARGS="-n 2 --dist loadfile --no-loadscope-reorder" runs it on
-# two, module by module (its fixtures are module-wide), which is faster but loads the two cores
-# so fully that test_tune's sweep can finish before the test catches it half-way (seen once).
+# then the integration tier (real Ray, servers, runs), slowest modules first, on two processes,
+# module by module (its fixtures are module-wide). INTEGRATION_ARGS= (empty) runs it in one.
 # Both tiers run whatever the first gives; the target fails if either did.
-INTEGRATION_ARGS ?=
+INTEGRATION_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(VPY) -m pytest -q -m unit -n auto; unit=$$?; \
 	$(VPY) -m pytest -q -m integration $(INTEGRATION_ARGS); integration=$$?; \

@@ -5,9 +5,9 @@ collection: ``integration`` when it uses one of :data:`INTEGRATION_FIXTURES` (a 
 cluster, an MLflow or S3 server, a training run) or lives in one of :data:`INTEGRATION_MODULES`
 (whose tests start those themselves, or run the commands in new interpreters), or marked
 ``@pytest.mark.integration`` by hand; ``unit`` otherwise. ``make test-fast`` runs the unit tier
-on every core; ``make test`` runs both, each tier on two processes (pytest-xdist): the unit tier
-test by test, the integration tier module by module (its fixtures are module-wide), slowest
-modules first (:data:`SLOWEST_MODULES`).
+on every core; ``make test`` runs both, each tier in parallel (pytest-xdist): the unit tier
+test by test on every core, the integration tier module by module on two processes (its
+fixtures are module-wide), slowest modules first (:data:`SLOWEST_MODULES`).
 
 Tests in parallel processes must not see each other's Ray: each xdist worker gets its own Ray
 temp folder (``RAY_TMPDIR``), where ``ray start`` and ``ray.cluster_utils.Cluster`` leave the
