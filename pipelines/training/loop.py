@@ -149,7 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     model = model.to(device)
     criterion = build_criterion(settings.detector).to(device)
     optimizer = build_optimizer(model, settings.optim)
-    scheduler = build_scheduler(optimizer, settings.optim)
+    scheduler = build_scheduler(optimizer, settings.optim, epochs=settings.trainer.epochs)
     payload = _restore(checkpoint, model, optimizer, scheduler)
     if payload is not None and payload.get("init_from"):  # what the run was fine-tuned from
         job = dataclasses.replace(job, init_from=dict(payload["init_from"]))
@@ -336,6 +336,7 @@ def _train_epoch(worker: _Worker, progress: _Progress, batches: Any,
         world_reduce=distributed_mean,
         on_step=on_step,
         log_every=settings.trainer.log_every,
+        after_step=worker.scheduler.step_batch,  # the warm-up moves per step
     )
     return train_one_epoch(worker.model, worker.criterion, worker.optimizer, batches,
                            worker.device, options)

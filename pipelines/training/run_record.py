@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipelines.common.checkpoints import HISTORY_FILE
-from pipelines.training.settings import flatten
+from pipelines.training.settings import TrainSettings, flatten
 from samdetr.data.storage import resolve_fs
 
 RECORD_FILE = "samdetr_run.json"
@@ -117,8 +117,18 @@ def setting_differences(stored: dict[str, Any], current: dict[str, Any], prefix:
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``"key: stored -> current"`` for every setting that differs and changes the training."""
-    return setting_differences(stored, current, free=_free)
+    """``"key: stored -> current"`` for every setting that differs and changes the training.
+
+    A setting that ``stored`` lacks (recorded before the setting existed) counts as its default,
+    since every new setting's default is the behaviour from before it."""
+    return setting_differences(_completed(stored), current, free=_free)
+
+
+def _completed(stored: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return TrainSettings.from_dict(stored).to_dict()
+    except (TypeError, ValueError):  # a setting since removed or changed: compared as stored
+        return stored
 
 
 def read_group_record(storage_path: str, name: str, file: str) -> dict[str, Any] | None:

@@ -67,7 +67,8 @@ class StepOptions:
     ``on_step``: called every ``log_every`` steps (and after the last) as ``on_step(step,
     values)`` with ``step`` counted from 1 in this epoch and ``values`` the weighted ``loss``,
     :data:`LOGGED_TERMS`, ``lr`` (first group), ``lr_backbone`` and ``grad_norm`` of that step.
-    Reading values syncs the GPU, so it is done only then.
+    Reading values syncs the GPU, so it is done only then; ``lr`` is the rate the step took.
+    ``after_step``: called after every optimizer step (e.g. a schedule's ``step_batch``).
     """
 
     clip_max_norm: float = 0.1
@@ -75,6 +76,7 @@ class StepOptions:
     world_reduce: Callable[[Tensor], Tensor] | None = None
     on_step: Callable[[int, dict[str, float]], None] | None = None
     log_every: int = 10
+    after_step: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.log_every, bool) or not isinstance(self.log_every, int) \
@@ -95,12 +97,12 @@ class _Tally:
     last: dict[str, Tensor] | None = None
 
     def add(self, images: int, total: Tensor, losses: Mapping[str, Tensor],
-            grad_norm: Tensor) -> None:
+            grad_norm: Tensor, rates: dict[str, float]) -> None:
         self.own_batches += 1
         self.images += images
         values = torch.stack([total.detach()] + [losses[k].detach() for k in LOGGED_TERMS])
         self.sums += values.double()
-        self.last = {"values": values, "grad_norm": grad_norm.detach()}
+        self.last = {"values": values, "grad_norm": grad_norm.detach(), "rates": rates}
 
     def means(self) -> dict[str, float]:
         means = (self.sums / max(self.own_batches, 1)).tolist()
@@ -157,12 +159,14 @@ def train_one_epoch(
         )
         tally.steps += 1
         if own:
-            tally.add(images.shape[0], total, losses, grad_norm)
+            tally.add(images.shape[0], total, losses, grad_norm, _rates(optimizer))
+        if options.after_step is not None:
+            options.after_step()
         if tally.steps % options.log_every == 0 and tally.last is not None:
-            _report(tally.steps, tally.last, optimizer, options.on_step)
+            _report(tally.steps, tally.last, options.on_step)
             tally.last = None
     if tally.last is not None:
-        _report(tally.steps, tally.last, optimizer, options.on_step)
+        _report(tally.steps, tally.last, options.on_step)
     return {
         **tally.means(), "steps": tally.steps, "batches": tally.own_batches,
         "images": tally.images, "seconds": time.perf_counter() - start, "data_wait_s": waited,
@@ -214,10 +218,18 @@ def _agree(
     return reduced[0].clamp(min=1.0), bool(reduced[1].item() > 0)
 
 
+def _rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The rate of the first parameter group (``lr``) and of the backbone's, if it has one."""
+    groups = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+    rates = {"lr": float(optimizer.param_groups[0]["lr"])}
+    if "backbone" in groups:
+        rates["lr_backbone"] = float(groups["backbone"])
+    return rates
+
+
 def _report(
     step: int,
-    last: Mapping[str, Tensor],
-    optimizer: torch.optim.Optimizer,
+    last: Mapping[str, Any],
     on_step: Callable[[int, dict[str, float]], None] | None,
 ) -> None:
     values = dict(zip(("loss", *LOGGED_TERMS), last["values"].tolist(), strict=True))
@@ -228,10 +240,7 @@ def _report(
         )
     if on_step is None:
         return
-    groups = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-    values["lr"] = float(optimizer.param_groups[0]["lr"])
-    if "backbone" in groups:
-        values["lr_backbone"] = float(groups["backbone"])
+    values.update(last["rates"])
     values["grad_norm"] = float(last["grad_norm"])
     on_step(step, values)
 

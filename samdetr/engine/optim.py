@@ -1,7 +1,9 @@
-"""The official optimisation recipe: AdamW with a smaller backbone learning rate, step decay.
+"""The official optimisation recipe: AdamW with a smaller backbone learning rate, step decay
+(or a cosine decay, each after an optional linear warm-up: :mod:`samdetr.engine.lr_schedule`).
 
     optimizer = build_optimizer(model, OptimConfig())
-    scheduler = build_scheduler(optimizer, OptimConfig())   # stepped once per epoch
+    scheduler = build_scheduler(optimizer, OptimConfig(), epochs=50)
+    # scheduler.step_batch() after each optimizer step, scheduler.step() after each epoch
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from samdetr.config import known_fields
+from samdetr.engine.lr_schedule import SCHEDULES, LrSchedule, ScheduleSpec
 from samdetr.engine.parameter_groups import (
     check_part_names,
     match_length,
@@ -29,6 +32,9 @@ class OptimConfig:
 
     ``lr_drop_epochs``: the learning rates are multiplied by ``lr_gamma`` after each of these
     epochs (official: ``[10]`` for 12-epoch runs, ``[40]`` for 50-epoch runs).
+    ``schedule``: ``step`` (that drop) or ``cosine`` (from the rates down to ``min_lr_ratio``
+    × them over the run's epochs, moving once per epoch). ``warmup_steps``: optimizer steps of
+    linear warm-up from ``warmup_start`` × the rates before either (0: none, as official).
     ``clip_max_norm``: gradient-norm clipping; 0 turns it off.
     ``freeze``: parts left untrained (:mod:`samdetr.engine.parameter_groups`: ``backbone``,
     ``encoder``, ... or parameter-name prefixes). ``lr_groups``: ``{part: lr}`` for parts that
@@ -42,6 +48,10 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     lr_drop_epochs: tuple[int, ...] = (40,)
     lr_gamma: float = 0.1
+    schedule: str = "step"
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 0
+    warmup_start: float = 0.001
     clip_max_norm: float = 0.1
     freeze: tuple[str, ...] = ()
     lr_groups: dict[str, float] = field(default_factory=dict)
@@ -70,6 +80,21 @@ class OptimConfig:
             raise ValueError(f"optim.lr_drop_epochs must be positive integers, got {list(drops)}")
         if list(drops) != sorted(set(drops)):
             raise ValueError(f"optim.lr_drop_epochs must be increasing, got {list(drops)}")
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got "
+                             f"{self.schedule!r}")
+        steps = self.warmup_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"optim.warmup_steps must be an integer >= 0, got {steps!r}")
+        for name, low_open in (("warmup_start", True), ("min_lr_ratio", False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    (0 < value if low_open else 0 <= value) and value <= 1):
+                bounds = "(0, 1]" if low_open else "[0, 1]"
+                raise ValueError(f"optim.{name} must be in {bounds}, got {value!r}")
 
     def _check_lr_groups(self) -> None:
         groups = self.lr_groups
@@ -141,10 +166,8 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
                              weight_decay=config.weight_decay)
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: OptimConfig
-) -> torch.optim.lr_scheduler.MultiStepLR:
-    """Step decay by ``lr_gamma`` at ``lr_drop_epochs``; call ``scheduler.step()`` per epoch."""
-    return torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(config.lr_drop_epochs), gamma=config.lr_gamma
-    )
+def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig,
+                    epochs: int | None = None) -> LrSchedule:
+    """``config``'s schedule over the optimizer's rates for a run of ``epochs`` (needed by
+    ``cosine``); call ``step_batch()`` after each optimizer step and ``step()`` per epoch."""
+    return LrSchedule(optimizer, ScheduleSpec.of(config, epochs))

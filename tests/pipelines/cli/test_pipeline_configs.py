@@ -87,28 +87,30 @@ def fingerprint(config_name: str, overrides: list[str]) -> str:
 # config changes its fingerprint: update it here then.
 FINGERPRINTS = {
     # optim.freeze, optim.lr_groups and the init node (init.weights, init.min_loaded) joined
-    # train, tune and study (#28: fine-tuning from a pretrained detector).
-    "train": "5e63cd60facdf80a",
-    "train experiment=shapes_small": "03eafe1d15476ee3",
-    "train experiment=sam_detr_r50_dc5_e12": "4d7801f51b9bcff5",
-    "train experiment=sam_detr_r50_dc5_e50": "d4b7de6e919f1c77",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "1df7d8fd3d0b6bbc",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "9cdf24f44b6ec928",
-    "train experiment=sam_detr_r50_e12": "74f5afb4e97ed4f4",
-    "train experiment=sam_detr_r50_e50": "d7b224ac66df5536",
-    "train experiment=sam_detr_r50_smca_e12": "a12d2e618c85afa7",
-    "train experiment=sam_detr_r50_smca_e50": "a6d5caebef3344dd",
-    "train model=baseline_r50": "6f5f285564f97cca",
-    "train model=sam_detr_r50": "d31a5bffa9f31c0a",
-    "train model=sam_detr_r50_dc5": "a1c2c007be145ad8",
-    "train model=sam_detr_r50_dc5_smca": "35fa97ddd0515446",
-    "train model=sam_detr_r50_smca": "1f90d15fde24d67d",
-    "train data=coco128": "00a54e1570432448",
-    "train data=coco2017": "4193d7abc46a7ed2",
-    "train trainer=gpu": "2c664500ddc8cfd8",
-    "train tracking=server": "fb5468bb4b19a358",
+    # train, tune and study (#28: fine-tuning from a pretrained detector); then optim.schedule,
+    # optim.min_lr_ratio, optim.warmup_steps and optim.warmup_start (#30: learning-rate
+    # schedules), the official step drop by default.
+    "train": "cd699b628e8f94f2",
+    "train experiment=shapes_small": "9cdfae2fa258a990",
+    "train experiment=sam_detr_r50_dc5_e12": "65dc2ab9baa05bd1",
+    "train experiment=sam_detr_r50_dc5_e50": "a21d38853f08a843",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "ec0e53e532e9bbbb",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "ad02d9c2d38345b8",
+    "train experiment=sam_detr_r50_e12": "eccf371c0fe4ea2f",
+    "train experiment=sam_detr_r50_e50": "5bf06490d0692870",
+    "train experiment=sam_detr_r50_smca_e12": "701b386b74d49534",
+    "train experiment=sam_detr_r50_smca_e50": "276fe30710e2ec0e",
+    "train model=baseline_r50": "1a0728e215b73d6d",
+    "train model=sam_detr_r50": "31ec3db8bcc414ed",
+    "train model=sam_detr_r50_dc5": "b89e263d28516ce3",
+    "train model=sam_detr_r50_dc5_smca": "a10cff7e06398d12",
+    "train model=sam_detr_r50_smca": "a845f0aad5206f6f",
+    "train data=coco128": "132c792d33d50a64",
+    "train data=coco2017": "b5678aaa50557a4a",
+    "train trainer=gpu": "313afcd718091225",
+    "train tracking=server": "452218924a838133",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "8d34c98aeca27ba8",
+        "c728032f759f6713",
     # data.format, data.root and data.classes (and data.annotations / data.images, null unless
     # the data group sets them) joined preprocess's data node (#28: YOLO and VOC input); then
     # data.keep_classes, data.rename_classes, data.drop_emptied_images, data.val_fraction,
@@ -128,11 +130,11 @@ FINGERPRINTS = {
     # pipelines.export (#29): ExportSettings' defaults, output given.
     "export output=x.onnx": "012d422a326e09d7",
     "make_synthetic": "6bf71df80590184c",
-    "study": "dbf94c27cd7d6f18",
-    "tune": "7debba97a8f067f2",
-    "tune sweep=m_smca_lr": "fc77a6973845708e",
+    "study": "df0ff5675be9561a",
+    "tune": "25185c3e15b84a5d",
+    "tune sweep=m_smca_lr": "179247f25d1bf1f1",
     "tune experiment=sam_detr_r50_e12 data=coco2017 trainer=gpu tracking=server":
-        "7e95b252c928fcc9",
+        "b4043ff462aa7844",
 }
 
 

@@ -126,6 +126,18 @@ def test_config_differences_ignore_what_does_not_change_the_training():
     ]
 
 
+def test_a_record_from_before_a_setting_existed_resumes_on_its_default():
+    current = TrainSettings.from_dict(tiny_settings("a", "b", "c", "r", 1)).to_dict()
+    older = TrainSettings.from_dict(tiny_settings("a", "b", "c", "r", 1)).to_dict()
+    for key in ("schedule", "warmup_steps", "warmup_start", "min_lr_ratio", "freeze",
+                "lr_groups"):
+        del older["optim"][key]
+    del older["init"]
+    assert config_differences(older, current) == []
+    current["optim"]["schedule"] = "cosine"  # but a change from that default is one
+    assert config_differences(older, current) == ["optim.schedule: step -> cosine"]
+
+
 def test_record_round_trip_and_a_foreign_file(tmp_path):
     settings = _settings(tmp_path).resolved()
     record = new_record("r", "abc", "sqlite:///x.db", settings.to_dict(), None)
