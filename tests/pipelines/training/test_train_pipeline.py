@@ -41,16 +41,17 @@ def workspace(tmp_path_factory):
     ray.shutdown()
 
 
-def _settings(ws, run_name: str, epochs: int, **trainer) -> TrainSettings:
+def _settings(ws, run_name: str, epochs: int, optim: dict | None = None,
+              **trainer) -> TrainSettings:
     tracking = {
         "tracking_uri": ws["uri"], "experiment": "tests",
         "artifact_location": str(ws["root"] / "artifacts"),
         "registered_model": "tiny-detr", "alias": "candidate",
     }
-    return TrainSettings.from_dict(tiny_settings(
-        ws["train"], ws["val"], str(ws["root"] / "ray"), run_name, epochs, tracking=tracking,
-        **trainer,
-    ))
+    plain = tiny_settings(ws["train"], ws["val"], str(ws["root"] / "ray"), run_name, epochs,
+                          tracking=tracking, **trainer)
+    plain["optim"].update(optim or {})
+    return TrainSettings.from_dict(plain)
 
 
 def _run(client: MlflowClient, run_id: str):
@@ -71,7 +72,9 @@ def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> se
 @pytest.mark.slow
 def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
     ws = workspace
-    summary = run_training(_settings(ws, "basic", epochs=2))
+    # A warm-up over the first 3 optimizer steps, and the drop after epoch 2 (the third).
+    schedule = {"warmup_steps": 3, "warmup_start": 0.1, "lr_drop_epochs": [2]}
+    summary = run_training(_settings(ws, "basic", epochs=2, optim=schedule))
     client = MlflowClient(ws["uri"])
     run_id = summary["mlflow_run_id"]
     run = _run(client, run_id)
@@ -145,7 +148,7 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
         assert served["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key
 
     # Same run name, more epochs: continues at epoch 2 in the same MLflow run.
-    again = run_training(_settings(ws, "basic", epochs=3))
+    again = run_training(_settings(ws, "basic", epochs=3, optim=schedule))
     assert again["mlflow_run_id"] == run_id
     assert again["last_metrics"]["epoch"] == 2
     for key in ("AP", "loss"):
@@ -153,7 +156,12 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
     assert _steps(client, run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
     latest = torch.load(again["latest_checkpoint"], map_location="cpu", weights_only=True)
     assert [h["epoch"] for h in latest["history"]] == [0, 1, 2]
-    assert latest["scheduler"]["last_epoch"] == 3
+    assert latest["scheduler"]["epoch"] == 3 and latest["scheduler"]["steps"] == 6
+    # Each step's rate (2 steps an epoch): the warm-up, carried across the resume.
+    rates = {m.step: m.value for m in client.get_metric_history(run_id, "train/lr")}
+    warm = [0.1, 0.4, 0.7]  # 0.1 + 0.9 * step / 3 for steps 0-2
+    assert rates == pytest.approx({1: 2e-4 * warm[0], 2: 2e-4 * warm[1], 3: 2e-4 * warm[2],
+                                   4: 2e-4, 5: 2e-5, 6: 2e-5}, rel=1e-6)
     # A registered version per distinct best checkpoint, never a duplicate.
     versions = client.search_model_versions("name='tiny-detr'")
     expected_versions = 1 if again["best_checkpoint"] == summary["best_checkpoint"] else 2
