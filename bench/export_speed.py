@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench.timing import git_commit
 from samdetr.batching import pad_images
 from samdetr.builder import build_model
 from samdetr.config import BackboneConfig, DetectorConfig, preset
@@ -115,12 +115,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parent)
-    return done.stdout.strip() or "unknown"
-
-
 def main() -> None:
     import onnxruntime
 
@@ -138,7 +132,7 @@ def main() -> None:
         rows = [measure(name, args.size, args.images, args.repeats, args.threads, Path(folder))
                 for name in args.models]
     print(table(rows))
-    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "commit": _commit(),
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
                       "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                       "threads": args.threads, "images": args.images, "repeats": args.repeats,
                       "rows": rows}, indent=2))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from bench.timing import git_commit
 from pipelines.inference.predict import PredictSettings, run_predict
 from samdetr.builder import build_model
 from samdetr.checkpoint import save_checkpoint
@@ -63,12 +63,6 @@ def write_checkpoint(path: Path, size: int) -> str:
         num_decoder_layers=2, dim_feedforward=256, dropout=0.0, num_queries=30, num_classes=8)
     return str(save_checkpoint(path, build_model(config), config,
                                eval_transform={"size": size, "max_size": round(size * 5 / 3)}))
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parent)
-    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:
@@ -130,7 +124,7 @@ def main() -> None:
     for row in rows:
         print(f"| {row['engine']} | {args.images} | {row['seconds']} | {row['images_per_s']} | "
               f"{row.get('steady_images_per_s', '')} | {row['detections']} |")
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
               "torch": torch.__version__, "ray": ray.__version__, "args": vars(args),
               "rows": rows}
     RESULTS.mkdir(exist_ok=True)

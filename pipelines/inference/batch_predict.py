@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.common.console import connect
+from pipelines.data.ingest import shard_dataset
 from pipelines.inference.predict_outputs import (
     PICTURES,
     picture_name,
@@ -40,7 +41,7 @@ from pipelines.inference.predict_outputs import (
 from pipelines.inference.predict_sources import AUTO_GPUS, checkpoint_of, shard_set_of
 from pipelines.inference.predict_workers import ModelActor, decode_rows
 from samdetr.data.shards import read_manifest
-from samdetr.data.storage import list_files, resolve_fs
+from samdetr.data.storage import list_files
 from samdetr.engine.coco_eval import detections_to_coco_results
 
 #: The columns of a ``detections/part-NNNNN.parquet`` file, one row per detection.
@@ -103,11 +104,8 @@ def _plan(config: Any, shards: str | None, files: list[str] | None,
     """The Dataset: image rows -> decoded rows (tasks) -> detections (the model actors)."""
     import ray.data
 
-    if shards:
-        manifest = read_manifest(shards)
-        fs, root = resolve_fs(shards, None)
-        paths = [f"{root.rstrip('/')}/{shard['file']}" for shard in manifest["shards"]]
-        rows = ray.data.read_parquet(paths, filesystem=fs).select_columns(SHARD_COLUMNS)
+    if shards:  # read as training reads them (file by file, not listed per execution)
+        rows = shard_dataset(shards).select_columns(SHARD_COLUMNS)
     else:
         items = [{"image_id": i, "file_name": name} for i, name in enumerate(files)]
         rows = ray.data.from_items(

@@ -5,7 +5,6 @@ as input; unreadable files skipped with their reason. One local Ray for the modu
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from support.images import random_jpeg
 from support.tiny import tiny_config
 
 from pipelines.inference.predict import PredictSettings, run_predict
@@ -28,14 +28,6 @@ pytestmark = pytest.mark.integration
 
 CATEGORIES = [{"id": 1, "name": "square"}, {"id": 3, "name": "disc"}]
 SIZES = [(96, 64), (64, 80), (70, 70), (96, 64), (80, 60), (64, 80)]
-
-
-def _jpeg(width: int, height: int, seed: int) -> bytes:
-    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(seed))
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.numpy()).save(buffer, format="JPEG")
-    return buffer.getvalue()
 
 
 def _checkpoint(path: Path, eval_size: int) -> str:
@@ -61,7 +53,7 @@ def case(tmp_path_factory):
     photos = root / "photos"
     photos.mkdir()
     for i, (w, h) in enumerate(SIZES):
-        (photos / f"p{i}.jpg").write_bytes(_jpeg(w, h, i))
+        (photos / f"p{i}.jpg").write_bytes(random_jpeg(w, h, i))
     (photos / "broken.jpg").write_bytes(b"not an image")
     return {"root": root, "photos": photos, "checkpoint": _checkpoint(root / "c.pt", 64)}
 
@@ -155,7 +147,7 @@ def test_a_killed_model_actor_loses_and_doubles_nothing(local_ray, case, tmp_pat
     photos.mkdir()
     count = 16
     for i in range(count):
-        (photos / f"q{i:02d}.jpg").write_bytes(_jpeg(200, 150, 100 + i))
+        (photos / f"q{i:02d}.jpg").write_bytes(random_jpeg(200, 150, 100 + i))
     checkpoint = _checkpoint(tmp_path / "c.pt", 192)  # slower batches: the kill lands mid-run
     out = tmp_path / "out"
     killed: dict[str, object] = {}

@@ -4,7 +4,6 @@ or an object store; COCO results, a CSV, pictures; unreadable images skipped."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import mlflow
 import pytest
 import torch
 from PIL import Image
+from support.images import random_jpeg
 from support.tiny import tiny_config
 
 from pipelines.common.tracking import store_client, using_store
@@ -26,21 +26,13 @@ from samdetr.data.storage import list_files
 CATEGORIES = [{"id": 1, "name": "square"}, {"id": 3, "name": "disc"}]
 
 
-def _jpeg(width: int, height: int, seed: int) -> bytes:
-    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(seed))
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.numpy()).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     photos = root / "photos"
     photos.mkdir()
     for i, (w, h) in enumerate([(96, 64), (64, 80), (70, 70)]):
-        (photos / f"p{i}.jpg").write_bytes(_jpeg(w, h, i))
+        (photos / f"p{i}.jpg").write_bytes(random_jpeg(w, h, i))
     (photos / "broken.jpg").write_bytes(b"not an image")
     (photos / "notes.txt").write_text("not listed: not an image name")
     torch.manual_seed(0)
