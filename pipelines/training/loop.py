@@ -36,6 +36,7 @@ from samdetr.builder import build_criterion
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
 from samdetr.engine.class_metrics import ClassMetrics
 from samdetr.engine.coco_eval import METRIC_NAMES, COCOEvaluator
+from samdetr.engine.early_stopping import stop_reason
 from samdetr.engine.evaluation import eval_loader, ground_truth
 from samdetr.engine.loop import StepOptions, predict, train_one_epoch
 from samdetr.engine.optim import build_optimizer, build_scheduler
@@ -211,13 +212,16 @@ def _train(worker: _Worker, progress: _Progress) -> None:
     # For the progress bar's total only: an estimate (see estimated_steps).
     images = worker.job.train_images
     steps = estimated_steps(images, data.batch_size, world_size) if images else None
+    stopped = _stopped_early(trainer, progress.history)
     if rank == 0:
-        if progress.start_epoch >= trainer.epochs:
+        if stopped:
+            _say(f"run {trainer.run_name}: stopped early before ({stopped}); nothing to train")
+        elif progress.start_epoch >= trainer.epochs:
             _say(f"run {trainer.run_name}: all {trainer.epochs} epochs already done")
         elif progress.resumed:
             _say(f"run {trainer.run_name}: resuming at epoch {progress.start_epoch + 1}")
 
-    for epoch in range(progress.start_epoch, trainer.epochs):
+    for epoch in range(progress.start_epoch, trainer.epochs if not stopped else 0):
         # Seeding per epoch makes a resumed run draw what an uninterrupted one would.
         seed_everything(trainer.seed + rank + 1000 * epoch)
         if rank == 0:  # before this epoch's first batch
@@ -251,9 +255,21 @@ def _train(worker: _Worker, progress: _Progress) -> None:
             logger.flush(settings.tracking.flush_timeout_s)
         if rank == 0:
             _say(_epoch_line(epoch, trainer.epochs, epoch_metrics, progress.history))
-        _report(worker, epoch, epoch_metrics, progress)
+        stopped = _stopped_early(trainer, progress.history)
+        _report(worker, epoch, epoch_metrics, progress, stopped_early=bool(stopped))
         if trainer.fail_after_epoch == epoch and not progress.resumed and rank == 0:
             raise InjectedFailure(f"injected after epoch {epoch} (trainer.fail_after_epoch)")
+        if stopped:  # every rank holds the same history, so every rank stops here
+            if rank == 0:
+                _say(f"run {trainer.run_name}: stopping early after epoch {epoch + 1}: {stopped}")
+            break
+
+
+
+def _stopped_early(trainer: Any, history: list[dict[str, Any]]) -> str:
+    """Why the run stops before its last epoch (``trainer.early_stop_*``), or ""."""
+    return stop_reason(history, trainer.checkpoint_metric, trainer.early_stop_patience,
+                       trainer.early_stop_min_delta)
 
 
 def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float],
@@ -355,12 +371,15 @@ def _log_epoch(worker: _Worker, epoch: int, epoch_metrics: dict[str, float],
             logger.log_image(grid, f"predictions/epoch_{epoch + 1:03d}.png")
 
 
-def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _Progress) -> None:
+def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _Progress,
+            stopped_early: bool = False) -> None:
     """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint."""
     settings, job = worker.settings, worker.job
     # For the driver only, not the checkpoint: which call reported, epochs trained (a Tune
-    # scheduler's clock, unchanged by restarts), and tracking failures.
-    status: dict[str, Any] = {"fit_id": job.fit_id, "epochs_done": epoch + 1}
+    # scheduler's clock, unchanged by restarts), whether the run stops here, and tracking
+    # failures.
+    status: dict[str, Any] = {"fit_id": job.fit_id, "epochs_done": epoch + 1,
+                              "stopped_early": stopped_early}
     if worker.logger is not None:
         status["tracking_failures"] = worker.logger.failures + worker.logger.dropped
     with tempfile.TemporaryDirectory() as folder:

@@ -289,8 +289,11 @@ def _worker_tracking_failures(metrics: dict[str, Any], fit_id: str) -> int:
 
 def format_summary(summary: dict[str, Any]) -> str:
     best = summary["best_metrics"]
+    last = summary.get("last_metrics") or {}
+    stopped = (f" (stopped early after epoch {last['epoch'] + 1}: trainer.early_stop_patience)"
+               if last.get("stopped_early") else "")
     lines = [
-        f"run {summary['run_name']} finished in {summary['seconds']:.0f}s",
+        f"run {summary['run_name']} finished in {summary['seconds']:.0f}s{stopped}",
         f"  best epoch {best['epoch'] + 1}: AP {best['AP']:.4f}  AP50 {best['AP50']:.4f}  "
         f"AP75 {best['AP75']:.4f}",
         f"  best checkpoint   {summary['best_checkpoint']}",

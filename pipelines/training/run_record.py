@@ -30,6 +30,8 @@ CHECKPOINT_DIR = re.compile(r"^epoch_(\d{4})$")
 #: the epoch count, where things are, what is logged and how the workers are placed/restarted.
 FREE_TO_CHANGE = (
     "trainer.epochs",
+    "trainer.early_stop_patience",  # like epochs: how long the run goes on
+    "trainer.early_stop_min_delta",
     "trainer.storage_path",
     "trainer.ray_address",
     "trainer.log_every",

@@ -89,6 +89,10 @@ class TrainerSettings:
     # The validation metric that picks the best checkpoint (kept beside the latest, logged as
     # the run's model); a sweep sets it to the metric it compares trials on.
     checkpoint_metric: str = "AP"
+    # Stop once checkpoint_metric has not improved by more than early_stop_min_delta for this
+    # many epochs (samdetr.engine.early_stopping); 0: train every epoch.
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
     # The global batch (num_workers x data.batch_size) the recipe's learning rates are for:
     # a run whose workers and batch size make another is refused. A recipe sets it; a run that
     # changes it on purpose says so by setting it too (and scales optim.lr itself). None: any.
@@ -125,6 +129,8 @@ class TrainerSettings:
         positive_int(self.log_every, "trainer.log_every")
         positive_int(self.num_pictures, "trainer.num_pictures", 0)
         positive_int(self.seed, "trainer.seed", 0)
+        positive_int(self.early_stop_patience, "trainer.early_stop_patience", 0)
+        non_negative(self.early_stop_min_delta, "trainer.early_stop_min_delta")
         if self.checkpoint_metric not in METRIC_NAMES:
             raise ValueError(f"trainer.checkpoint_metric must be one of {list(METRIC_NAMES)}, "
                              f"got {self.checkpoint_metric!r}")

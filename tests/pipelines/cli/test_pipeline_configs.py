@@ -89,28 +89,29 @@ FINGERPRINTS = {
     # optim.freeze, optim.lr_groups and the init node (init.weights, init.min_loaded) joined
     # train, tune and study (#28: fine-tuning from a pretrained detector); then optim.schedule,
     # optim.min_lr_ratio, optim.warmup_steps and optim.warmup_start (#30: learning-rate
-    # schedules), the official step drop by default.
-    "train": "cd699b628e8f94f2",
-    "train experiment=shapes_small": "9cdfae2fa258a990",
-    "train experiment=sam_detr_r50_dc5_e12": "65dc2ab9baa05bd1",
-    "train experiment=sam_detr_r50_dc5_e50": "a21d38853f08a843",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "ec0e53e532e9bbbb",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "ad02d9c2d38345b8",
-    "train experiment=sam_detr_r50_e12": "eccf371c0fe4ea2f",
-    "train experiment=sam_detr_r50_e50": "5bf06490d0692870",
-    "train experiment=sam_detr_r50_smca_e12": "701b386b74d49534",
-    "train experiment=sam_detr_r50_smca_e50": "276fe30710e2ec0e",
-    "train model=baseline_r50": "1a0728e215b73d6d",
-    "train model=sam_detr_r50": "31ec3db8bcc414ed",
-    "train model=sam_detr_r50_dc5": "b89e263d28516ce3",
-    "train model=sam_detr_r50_dc5_smca": "a10cff7e06398d12",
-    "train model=sam_detr_r50_smca": "a845f0aad5206f6f",
-    "train data=coco128": "132c792d33d50a64",
-    "train data=coco2017": "b5678aaa50557a4a",
-    "train trainer=gpu": "313afcd718091225",
-    "train tracking=server": "452218924a838133",
+    # schedules), the official step drop by default; and trainer.early_stop_patience and
+    # trainer.early_stop_min_delta (#30: early stopping), off by default.
+    "train": "0c13c47213c9295b",
+    "train experiment=shapes_small": "5d60199390888bf0",
+    "train experiment=sam_detr_r50_dc5_e12": "60ea40844d7a0999",
+    "train experiment=sam_detr_r50_dc5_e50": "c470e3bdb12e9ad3",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "8e3182acc84e73fc",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "71b2c39568db6ae6",
+    "train experiment=sam_detr_r50_e12": "b62b2a88c18215d7",
+    "train experiment=sam_detr_r50_e50": "a4363d1284c667f0",
+    "train experiment=sam_detr_r50_smca_e12": "10b94f025211ff7d",
+    "train experiment=sam_detr_r50_smca_e50": "8fafa5dc86b77f94",
+    "train model=baseline_r50": "e96781c95ba0a150",
+    "train model=sam_detr_r50": "8af2f392a501344f",
+    "train model=sam_detr_r50_dc5": "40a85a20cf703ade",
+    "train model=sam_detr_r50_dc5_smca": "0d42f6d0c6874044",
+    "train model=sam_detr_r50_smca": "b357950b035d91ac",
+    "train data=coco128": "49eb1a8e03866e66",
+    "train data=coco2017": "c659ab2ab0754476",
+    "train trainer=gpu": "54ddf654e76a077e",
+    "train tracking=server": "33dee7448ce77667",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "c728032f759f6713",
+        "e11e56d3e146fdeb",
     # data.format, data.root and data.classes (and data.annotations / data.images, null unless
     # the data group sets them) joined preprocess's data node (#28: YOLO and VOC input); then
     # data.keep_classes, data.rename_classes, data.drop_emptied_images, data.val_fraction,
@@ -130,11 +131,11 @@ FINGERPRINTS = {
     # pipelines.export (#29): ExportSettings' defaults, output given.
     "export output=x.onnx": "012d422a326e09d7",
     "make_synthetic": "6bf71df80590184c",
-    "study": "df0ff5675be9561a",
-    "tune": "25185c3e15b84a5d",
-    "tune sweep=m_smca_lr": "179247f25d1bf1f1",
+    "study": "44da9be49ef53632",
+    "tune": "3549e18df9d4490a",
+    "tune sweep=m_smca_lr": "10042e9a4aef3457",
     "tune experiment=sam_detr_r50_e12 data=coco2017 trainer=gpu tracking=server":
-        "b4043ff462aa7844",
+        "ee4e2dd0036b31e8",
 }
 
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from support.train_case import TINY_MODEL, tiny_settings, write_shards  # noqa: E402
 
 from pipelines.inference.evaluate import EvaluateSettings, run_evaluate  # noqa: E402
-from pipelines.training.run import run_training  # noqa: E402
+from pipelines.training.run import format_summary, run_training  # noqa: E402
 from pipelines.training.settings import TrainSettings  # noqa: E402
 from samdetr.data.shards import manifest_checksum  # noqa: E402
 
@@ -223,18 +223,23 @@ def test_workers_load_the_imagenet_weights_the_driver_read(workspace, tmp_path):
     """The driver reads the ImageNet weights; the Ray Train workers get them from the object
     store. The weights name points at a file that does not exist: a worker that read it
     itself would fail, so the run finishing proves no worker did (what a GPU node without
-    network access or the file needs)."""
+    network access or the file needs).
+
+    The same run stops early: no AP gain can exceed early_stop_min_delta=1, so after epoch 2
+    of 3 its metric has not improved for early_stop_patience=1 epoch."""
     import torchvision
 
     from samdetr.checkpoint import load_checkpoint
 
     plain = tiny_settings(workspace["train"], workspace["val"], str(tmp_path / "ray"),
-                          "shared-weights", 1)
+                          "shared-weights", 3, early_stop_patience=1, early_stop_min_delta=1.0)
     plain["model"]["backbone"] = {"name": "resnet18", "trainable_layers": 0,
                                   "weights": str(tmp_path / "only-on-the-driver.pth")}
     torch.manual_seed(3)
     state = torchvision.models.resnet18().state_dict()
     summary = run_training(TrainSettings.from_dict(plain), backbone_state=state)
+    assert summary["last_metrics"]["epoch"] == 1 and summary["last_metrics"]["stopped_early"]
+    assert "stopped early after epoch 2" in format_summary(summary)
     model, _, _ = load_checkpoint(summary["best_checkpoint"])
     # trainable_layers=0: the trunk is frozen, so it still holds exactly what was shared.
     assert torch.equal(model.backbone.body.conv1.weight, state["conv1.weight"])
