@@ -27,6 +27,7 @@ from pipelines.common.console import EpochBar, estimated_steps, quiet_worker
 from pipelines.common.run_logger import RunLogger
 from pipelines.data.ingest import EpochClock, PadCollate
 from pipelines.training.class_report import class_metrics, class_rows, log_classes
+from pipelines.training.epoch_report import combined_metrics, epoch_line
 from pipelines.training.job import TrainJob
 from pipelines.training.pictures import picture_images, pictures_grid, unwrap
 from pipelines.training.plots import convergence_figure
@@ -35,7 +36,7 @@ from pipelines.training.settings import TrainSettings
 from samdetr.builder import build_criterion
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
 from samdetr.engine.class_metrics import ClassMetrics
-from samdetr.engine.coco_eval import METRIC_NAMES, COCOEvaluator
+from samdetr.engine.coco_eval import COCOEvaluator
 from samdetr.engine.early_stopping import stop_reason
 from samdetr.engine.evaluation import eval_loader, ground_truth
 from samdetr.engine.loop import StepOptions, predict, train_one_epoch
@@ -68,7 +69,8 @@ def _gather(obj: Any) -> list[Any]:
     return out
 
 
-def _restore(checkpoint, model, optimizer, scheduler) -> dict[str, Any] | None:
+def _restore(checkpoint, model, optimizer, scheduler, grad_scaler
+             ) -> dict[str, Any] | None:
     """Load the run's latest Ray Train checkpoint (if any) into the parts (before DDP wraps
     the model)."""
     if checkpoint is None:
@@ -78,6 +80,8 @@ def _restore(checkpoint, model, optimizer, scheduler) -> dict[str, Any] | None:
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
+    if grad_scaler is not None and payload.get("grad_scaler"):  # the loss scale goes on
+        grad_scaler.load_state_dict(payload["grad_scaler"])
     return payload
 
 
@@ -115,6 +119,7 @@ class _Worker:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     logger: Any = None  # pipelines.common.run_logger.RunLogger on rank 0 of a tracked run
+    grad_scaler: Any = None  # torch.amp.GradScaler of an fp16 run
 
 
 @dataclass
@@ -151,7 +156,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     criterion = build_criterion(settings.detector).to(device)
     optimizer = build_optimizer(model, settings.optim)
     scheduler = build_scheduler(optimizer, settings.optim, epochs=settings.trainer.epochs)
-    payload = _restore(checkpoint, model, optimizer, scheduler)
+    # float16 needs its loss scaled (bfloat16 has float32's range and does not).
+    grad_scaler = torch.amp.GradScaler(device.type) if settings.trainer.fp16 else None
+    payload = _restore(checkpoint, model, optimizer, scheduler, grad_scaler)
     if payload is not None and payload.get("init_from"):  # what the run was fine-tuned from
         job = dataclasses.replace(job, init_from=dict(payload["init_from"]))
     model = ray.train.torch.prepare_model(model)
@@ -161,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         logger = RunLogger(job.tracking_uri, job.run_id,
                            retry_after_s=settings.tracking.retry_after_s, warn=_say)
     worker = _Worker(settings, job, rank, device, model, criterion, optimizer, scheduler,
-                     logger)
+                     logger, grad_scaler)
     try:
         _train(worker, _progress(payload, logger))
     finally:
@@ -243,7 +250,8 @@ def _train(worker: _Worker, progress: _Progress) -> None:
         progress.global_step += all_stats[0]["steps"]
         metrics, classes = _evaluate(worker.model, val_batches, coco_gt, worker.device,
                                      trainer.autocast_dtype)
-        epoch_metrics = _epoch_metrics(metrics, all_stats, time.perf_counter() - start)
+        epoch_metrics = combined_metrics(metrics, all_stats, time.perf_counter() - start,
+                                         scaled=worker.grad_scaler is not None)
         # Each class's numbers are rank 0's (it scores); its history is the one checkpointed.
         progress.history.append({"epoch": epoch, **epoch_metrics,
                                  **({"classes": class_rows(classes)} if classes else {})})
@@ -254,7 +262,7 @@ def _train(worker: _Worker, progress: _Progress) -> None:
             # Before the checkpoint: a crash after it must not lose this epoch's metrics.
             logger.flush(settings.tracking.flush_timeout_s)
         if rank == 0:
-            _say(_epoch_line(epoch, trainer.epochs, epoch_metrics, progress.history))
+            _say(epoch_line(epoch, trainer.epochs, epoch_metrics, progress.history))
         stopped = _stopped_early(trainer, progress.history)
         _report(worker, epoch, epoch_metrics, progress, stopped_early=bool(stopped))
         if trainer.fail_after_epoch == epoch and not progress.resumed and rank == 0:
@@ -272,20 +280,6 @@ def _stopped_early(trainer: Any, history: list[dict[str, Any]]) -> str:
                        trainer.early_stop_min_delta)
 
 
-def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float],
-                history: list[dict[str, Any]]) -> str:
-    """Rank 0's summary of an epoch, with the best AP so far (``history`` includes this
-    epoch, and on a resume the epochs before it)."""
-    # Ties go to the later epoch, as Ray Train's checkpoint ranking (and so the run's summary
-    # and its registered model) breaks them.
-    best = max(history, key=lambda entry: (entry["AP"], entry["epoch"]))
-    return (
-        f"epoch {epoch + 1}/{epochs}: loss {metrics['loss']:.3f} AP {metrics['AP']:.4f} "
-        f"AP50 {metrics['AP50']:.4f} (best AP {best['AP']:.4f}, epoch {best['epoch'] + 1}) "
-        f"{metrics['images_per_s']:.1f} img/s (first batch after {metrics['first_batch_s']:.1f}s,"
-        f" then {metrics['data_wait_share']:.0%} waiting for data) "
-        f"{metrics['epoch_time_s']:.0f}s"
-    )
 
 
 def _epoch_batches(shard: Any, settings: TrainSettings, epoch: int) -> Any:
@@ -300,35 +294,8 @@ def _epoch_batches(shard: Any, settings: TrainSettings, epoch: int) -> Any:
     )
 
 
-def _epoch_metrics(metrics: dict[str, float], all_stats: list[dict[str, Any]],
-                   seconds: float) -> dict[str, float]:
-    """COCO metrics plus the epoch's loss and speed over all workers.
-
-    ``first_batch_s``: the longest wait of a worker for its first batch (the input pipeline's
-    start, every epoch). ``data_wait_share``: after that first batch, the largest share of a
-    worker's training time spent waiting for its next batch (the slowest-fed worker holds the
-    others up at every all-reduce). On GPUs, ``gpu_mem_peak_gib``: the largest peak of memory
-    allocated by one worker in the epoch."""
-    images = sum(s["images"] for s in all_stats)
-    weighted = sum(s["loss"] * s["batches"] for s in all_stats)
-    out = {
-        **{k: metrics[k] for k in METRIC_NAMES},
-        "loss": weighted / max(1, sum(s["batches"] for s in all_stats)),
-        "images_per_s": images / max(s["seconds"] for s in all_stats),
-        "epoch_time_s": seconds,
-        "first_batch_s": max(s["first_batch_s"] for s in all_stats),
-        "data_wait_share": max(_steady_wait_share(s) for s in all_stats),
-    }
-    peaks = [s["gpu_mem_peak_gib"] for s in all_stats if "gpu_mem_peak_gib" in s]
-    if peaks:
-        out["gpu_mem_peak_gib"] = max(peaks)
-    return out
 
 
-def _steady_wait_share(stats: dict[str, Any]) -> float:
-    """The share of a worker's epoch after its first batch spent waiting for batches."""
-    after_first = stats["seconds"] - stats["first_batch_s"]
-    return (stats["data_wait_s"] - stats["first_batch_s"]) / after_first if after_first > 0 else 0.0
 
 
 def _train_epoch(worker: _Worker, progress: _Progress, batches: Any,
@@ -353,6 +320,7 @@ def _train_epoch(worker: _Worker, progress: _Progress, batches: Any,
         on_step=on_step,
         log_every=settings.trainer.log_every,
         after_step=worker.scheduler.step_batch,  # the warm-up moves per step
+        grad_scaler=worker.grad_scaler,
     )
     return train_one_epoch(worker.model, worker.criterion, worker.optimizer, batches,
                            worker.device, options)
@@ -391,6 +359,7 @@ def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _P
                 settings.detector,
                 optimizer=worker.optimizer.state_dict(),
                 scheduler=worker.scheduler.state_dict(),
+                grad_scaler=worker.grad_scaler.state_dict() if worker.grad_scaler else {},
                 epoch=epoch,
                 global_step=progress.global_step,
                 history=progress.history,

@@ -84,6 +84,9 @@ class TrainerSettings:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # only with use_gpu
     bf16: bool = False  # bfloat16 autocast (GPU only)
+    # float16 autocast with loss scaling (GPU only): for GPUs without bfloat16 (V100, T4); a
+    # step whose gradients overflow is skipped, and each epoch logs how many were.
+    fp16: bool = False
     seed: int = 42  # each worker seeds with seed + rank (+ epoch), as the official code
     max_failures: int = 3  # worker-group restarts from the last checkpoint
     # The validation metric that picks the best checkpoint (kept beside the latest, logged as
@@ -134,7 +137,7 @@ class TrainerSettings:
         if self.checkpoint_metric not in METRIC_NAMES:
             raise ValueError(f"trainer.checkpoint_metric must be one of {list(METRIC_NAMES)}, "
                              f"got {self.checkpoint_metric!r}")
-        for name in ("use_gpu", "bf16", "allow_config_change", "verbose"):
+        for name in ("use_gpu", "bf16", "fp16", "allow_config_change", "verbose"):
             flag(getattr(self, name), f"trainer.{name}")
         for name in ("cpus_per_worker", "gpus_per_worker"):
             non_negative(getattr(self, name), f"trainer.{name}")
@@ -147,6 +150,10 @@ class TrainerSettings:
             non_negative(value, f"trainer.worker_resources.{key}")
         if self.bf16 and not self.use_gpu:
             raise ValueError("trainer.bf16 needs use_gpu=true (bf16 autocast is for GPUs)")
+        if self.fp16 and not self.use_gpu:
+            raise ValueError("trainer.fp16 needs use_gpu=true (fp16 autocast is for GPUs)")
+        if self.fp16 and self.bf16:
+            raise ValueError("trainer.fp16 and trainer.bf16 are both set: choose one")
         if self.use_gpu and self.gpus_per_worker <= 0:
             raise ValueError("trainer.use_gpu needs gpus_per_worker > 0")
         if self.fail_after_epoch is not None:
@@ -156,7 +163,7 @@ class TrainerSettings:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.bf16 else None
+        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
 
     def resources_per_worker(self) -> dict[str, float]:
         resources = {"CPU": float(self.cpus_per_worker)}

@@ -69,6 +69,11 @@ class StepOptions:
     :data:`LOGGED_TERMS`, ``lr`` (first group), ``lr_backbone`` and ``grad_norm`` of that step.
     Reading values syncs the GPU, so it is done only then; ``lr`` is the rate the step took.
     ``after_step``: called after every optimizer step (e.g. a schedule's ``step_batch``).
+    ``grad_scaler``: a ``torch.amp.GradScaler`` for float16 autocast: the loss is scaled before
+    the backward pass and the gradients unscaled before clipping, and a step whose gradients
+    hold an inf or NaN is skipped (weights and optimizer state untouched; the scale drops).
+    Skipped steps still count as steps (every worker skips the same ones: the gradients are
+    all-reduced), so ``after_step`` runs for them too.
     """
 
     clip_max_norm: float = 0.1
@@ -77,6 +82,7 @@ class StepOptions:
     on_step: Callable[[int, dict[str, float]], None] | None = None
     log_every: int = 10
     after_step: Callable[[], None] | None = None
+    grad_scaler: torch.amp.GradScaler | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.log_every, bool) or not isinstance(self.log_every, int) \
@@ -92,6 +98,7 @@ class _Tally:
 
     sums: Tensor
     steps: int = 0
+    skipped: int = 0
     own_batches: int = 0
     images: int = 0
     last: dict[str, Tensor] | None = None
@@ -121,7 +128,8 @@ def train_one_epoch(
 
     Returns:
         ``loss`` and :data:`LOGGED_TERMS` averaged over this worker's batches, plus ``steps``
-        (optimizer steps, the same on every worker), ``batches`` and ``images`` (this worker's
+        (optimizer steps, the same on every worker), ``skipped_steps`` (of those, the ones the
+        ``grad_scaler`` skipped), ``batches`` and ``images`` (this worker's
         own), ``seconds``, ``data_wait_s`` (the time spent blocked on ``batches`` for a batch)
         and ``first_batch_s`` (of that, the wait for the first one: the input pipeline's start).
         The step reads one value back from the device per step (under ``world_reduce``) or per
@@ -154,10 +162,11 @@ def train_one_epoch(
                 break
         own = batch is not None
         images, mask, targets = batch if own else _standin_batch(device)
-        total, losses, grad_norm = _step(
+        total, losses, grad_norm, skipped = _step(
             model, criterion, optimizer, (images, mask, targets), num_boxes, own, options,
         )
         tally.steps += 1
+        tally.skipped += skipped
         if own:
             tally.add(images.shape[0], total, losses, grad_norm, _rates(optimizer))
         if options.after_step is not None:
@@ -168,7 +177,8 @@ def train_one_epoch(
     if tally.last is not None:
         _report(tally.steps, tally.last, options.on_step)
     return {
-        **tally.means(), "steps": tally.steps, "batches": tally.own_batches,
+        **tally.means(), "steps": tally.steps, "skipped_steps": tally.skipped,
+        "batches": tally.own_batches,
         "images": tally.images, "seconds": time.perf_counter() - start, "data_wait_s": waited,
         "first_batch_s": first_wait or 0.0,
     }
@@ -182,8 +192,9 @@ def _step(
     num_boxes: Tensor,
     own: bool,
     options: StepOptions,
-) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """One optimizer step; returns the weighted loss, the loss terms and the gradient norm."""
+) -> tuple[Tensor, dict[str, Tensor], Tensor, bool]:
+    """One optimizer step; returns the weighted loss, the loss terms, the gradient norm and
+    whether the grad scaler skipped the step."""
     device = num_boxes.device
     images, mask, targets = batch
     images = images.to(device, non_blocking=True)
@@ -196,13 +207,23 @@ def _step(
     total = criterion.weighted_total(losses)
     optimizer.zero_grad(set_to_none=True)
     # A stand-in step contributes zero gradients but takes part in DDP's all-reduce.
-    (total if own else total * 0.0).backward()
+    loss, scaler = (total if own else total * 0.0), options.grad_scaler
+    if scaler is None:
+        loss.backward()
+    else:  # float16 gradients underflow unscaled; clipping must see the true ones
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
     if options.clip_max_norm > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip_max_norm)
     else:
         grad_norm = torch.zeros((), device=device)
-    optimizer.step()
-    return total, losses, grad_norm
+    if scaler is None:
+        optimizer.step()
+        return total, losses, grad_norm, False
+    scale = scaler.get_scale()
+    scaler.step(optimizer)  # not taken when a gradient is inf or NaN
+    scaler.update()  # which then lowers the scale: the one sign of a skipped step
+    return total, losses, grad_norm, scaler.get_scale() < scale
 
 
 def _agree(

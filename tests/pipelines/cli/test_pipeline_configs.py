@@ -90,28 +90,29 @@ FINGERPRINTS = {
     # train, tune and study (#28: fine-tuning from a pretrained detector); then optim.schedule,
     # optim.min_lr_ratio, optim.warmup_steps and optim.warmup_start (#30: learning-rate
     # schedules), the official step drop by default; and trainer.early_stop_patience and
-    # trainer.early_stop_min_delta (#30: early stopping), off by default.
-    "train": "0c13c47213c9295b",
-    "train experiment=shapes_small": "5d60199390888bf0",
-    "train experiment=sam_detr_r50_dc5_e12": "60ea40844d7a0999",
-    "train experiment=sam_detr_r50_dc5_e50": "c470e3bdb12e9ad3",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "8e3182acc84e73fc",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "71b2c39568db6ae6",
-    "train experiment=sam_detr_r50_e12": "b62b2a88c18215d7",
-    "train experiment=sam_detr_r50_e50": "a4363d1284c667f0",
-    "train experiment=sam_detr_r50_smca_e12": "10b94f025211ff7d",
-    "train experiment=sam_detr_r50_smca_e50": "8fafa5dc86b77f94",
-    "train model=baseline_r50": "e96781c95ba0a150",
-    "train model=sam_detr_r50": "8af2f392a501344f",
-    "train model=sam_detr_r50_dc5": "40a85a20cf703ade",
-    "train model=sam_detr_r50_dc5_smca": "0d42f6d0c6874044",
-    "train model=sam_detr_r50_smca": "b357950b035d91ac",
-    "train data=coco128": "49eb1a8e03866e66",
-    "train data=coco2017": "c659ab2ab0754476",
-    "train trainer=gpu": "54ddf654e76a077e",
-    "train tracking=server": "33dee7448ce77667",
+    # trainer.early_stop_min_delta (#30: early stopping), off by default, and trainer.fp16
+    # (#30: float16 with loss scaling), off.
+    "train": "ed07c49dff5d6315",
+    "train experiment=shapes_small": "33587ada83fcc763",
+    "train experiment=sam_detr_r50_dc5_e12": "a39d7a19f673480f",
+    "train experiment=sam_detr_r50_dc5_e50": "861492a1fdaa64ef",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "46eb3c16a653ac1e",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "74a4575a3942ab39",
+    "train experiment=sam_detr_r50_e12": "142f532ff448e89d",
+    "train experiment=sam_detr_r50_e50": "51f344372083c953",
+    "train experiment=sam_detr_r50_smca_e12": "e1a49b3de08d8e83",
+    "train experiment=sam_detr_r50_smca_e50": "76a1d22bed06ed72",
+    "train model=baseline_r50": "8b31aba4633a8dcc",
+    "train model=sam_detr_r50": "864c832e06a57fe2",
+    "train model=sam_detr_r50_dc5": "ad0aee97ca1af728",
+    "train model=sam_detr_r50_dc5_smca": "62e3061b720a2f7d",
+    "train model=sam_detr_r50_smca": "22a05f183f0dad98",
+    "train data=coco128": "2ca5c97cac321aa9",
+    "train data=coco2017": "f872909bb8871894",
+    "train trainer=gpu": "db9496ad9d866116",
+    "train tracking=server": "cf914c6c98b05d24",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "e11e56d3e146fdeb",
+        "ebcc1069013918e0",
     # data.format, data.root and data.classes (and data.annotations / data.images, null unless
     # the data group sets them) joined preprocess's data node (#28: YOLO and VOC input); then
     # data.keep_classes, data.rename_classes, data.drop_emptied_images, data.val_fraction,
@@ -131,11 +132,11 @@ FINGERPRINTS = {
     # pipelines.export (#29): ExportSettings' defaults, output given.
     "export output=x.onnx": "012d422a326e09d7",
     "make_synthetic": "6bf71df80590184c",
-    "study": "44da9be49ef53632",
-    "tune": "3549e18df9d4490a",
-    "tune sweep=m_smca_lr": "10042e9a4aef3457",
+    "study": "11e48a34072e901c",
+    "tune": "e99da2e0f6525a30",
+    "tune sweep=m_smca_lr": "a599cba86fef12b5",
     "tune experiment=sam_detr_r50_e12 data=coco2017 trainer=gpu tracking=server":
-        "ee4e2dd0036b31e8",
+        "4a27690b2c036ba6",
 }
 
 

@@ -99,6 +99,7 @@ def test_default_config_is_the_local_cpu_run(monkeypatch):
         ("optim.lr_drop_epochs=[5,3]", "increasing"),
         ("optim.schedule=linear", "optim.schedule must be one of"),
         ("trainer.early_stop_patience=-1", "trainer.early_stop_patience"),
+        ("trainer.fp16=true", "fp16 needs use_gpu"),
         ("trainer.early_stop_min_delta=-0.1", "trainer.early_stop_min_delta"),
         ("model.hidden_dim=30", "hidden_dim"),
         ("tracking.alias=best", "needs tracking.registered_model"),
@@ -107,6 +108,16 @@ def test_default_config_is_the_local_cpu_run(monkeypatch):
 def test_bad_settings_fail_clearly(override, message):
     with pytest.raises(ValueError, match=message):
         TrainSettings.from_dict(_compose([override]))
+
+
+def test_fp16_is_float16_autocast_on_gpus_and_excludes_bf16():
+    import torch
+
+    settings = TrainSettings.from_dict(_compose(["trainer=gpu", "trainer.bf16=false",
+                                                 "trainer.fp16=true"]))
+    assert settings.trainer.autocast_dtype == torch.float16
+    with pytest.raises(ValueError, match="fp16 and trainer.bf16 are both set"):
+        TrainSettings.from_dict(_compose(["trainer=gpu", "trainer.fp16=true"]))
 
 
 def test_unreachable_tracking_server_fails_before_training(tmp_path, monkeypatch):

@@ -71,9 +71,9 @@ def test_a_restart_without_a_checkpoint_does_not_log_an_epoch_twice(tmp_path):
 def test_the_epoch_line_names_the_later_of_equal_best_epochs():
     """As Ray Train ranks checkpoints of equal score (the later is kept, summarised and
     registered), so the worker's line names the later epoch."""
-    from pipelines.training.loop import _epoch_line
+    from pipelines.training.epoch_report import epoch_line
 
     metrics = {"loss": 1.0, "AP": 0.25, "AP50": 0.5, "images_per_s": 2.0,
                "first_batch_s": 0.1, "data_wait_share": 0.0, "epoch_time_s": 9.0}
     history = [{"epoch": 0, "AP": 0.1}, {"epoch": 1, "AP": 0.25}, {"epoch": 2, "AP": 0.25}]
-    assert "(best AP 0.2500, epoch 3)" in _epoch_line(2, 4, metrics, history)
+    assert "(best AP 0.2500, epoch 3)" in epoch_line(2, 4, metrics, history)
