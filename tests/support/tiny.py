@@ -22,3 +22,16 @@ def tiny_config(**changes) -> DetectorConfig:
     )
     fields.update(changes)
     return DetectorConfig(model=ModelConfig(**fields))
+
+
+def one_box_batches(count: int, size: int = 64) -> list:
+    """``count`` training batches of one random ``size`` x ``size`` image with one box each,
+    the same every call (for tests that take a few steps of :func:`tiny_config`'s model)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    target = {"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4]]), "labels": torch.tensor([1]),
+              "image_id": torch.tensor(0), "orig_size": torch.tensor([size, size])}
+    return [(torch.randn(1, 3, size, size, generator=generator),
+             torch.zeros(1, size, size, dtype=torch.bool), [dict(target)])
+            for _ in range(count)]

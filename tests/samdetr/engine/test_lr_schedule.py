@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.tiny import tiny_config
+from support.tiny import one_box_batches, tiny_config
 
 from samdetr.builder import build_criterion, build_model
 from samdetr.engine.loop import StepOptions, train_one_epoch
@@ -104,18 +104,10 @@ def test_the_official_drop_is_unchanged_and_old_checkpoints_load():
         legacy.step(), schedule.step()
 
 
-def _batches(count: int) -> list:
-    generator = torch.Generator().manual_seed(0)
-    target = {"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4]]), "labels": torch.tensor([1]),
-              "image_id": torch.tensor(0), "orig_size": torch.tensor([64, 64])}
-    return [(torch.randn(1, 3, 64, 64, generator=generator),
-             torch.zeros(1, 64, 64, dtype=torch.bool), [dict(target)]) for _ in range(count)]
-
-
 def test_train_one_epoch_reports_the_rate_each_step_took():
     torch.manual_seed(0)
     config = tiny_config()
-    model, criterion, batches = build_model(config), build_criterion(config), _batches(3)
+    model, criterion, batches = build_model(config), build_criterion(config), one_box_batches(3)
     optimizer = build_optimizer(model, OptimConfig(lr=1e-3, lr_backbone=1e-4))
     schedule = build_scheduler(optimizer, OptimConfig(warmup_steps=2, warmup_start=0.1))
     seen = {}

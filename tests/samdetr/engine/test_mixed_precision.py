@@ -4,19 +4,11 @@ weights and the optimizer state as they were, and counted; the next step trains.
 from __future__ import annotations
 
 import torch
-from support.tiny import tiny_config
+from support.tiny import one_box_batches, tiny_config
 
 from samdetr.builder import build_criterion, build_model
 from samdetr.engine.loop import StepOptions, train_one_epoch
 from samdetr.engine.optim import OptimConfig, build_optimizer
-
-
-def _batches(count: int) -> list:
-    generator = torch.Generator().manual_seed(0)
-    target = {"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4]]), "labels": torch.tensor([1]),
-              "image_id": torch.tensor(0), "orig_size": torch.tensor([64, 64])}
-    return [(torch.randn(1, 3, 64, 64, generator=generator),
-             torch.zeros(1, 64, 64, dtype=torch.bool), [dict(target)]) for _ in range(count)]
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -39,7 +31,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_next_one_trains():
 
     head.register_hook(overflow_once)
     before = _weights(model)
-    stats = train_one_epoch(model, criterion, optimizer, _batches(1), torch.device("cpu"),
+    stats = train_one_epoch(model, criterion, optimizer, one_box_batches(1), torch.device("cpu"),
                             StepOptions(autocast_dtype=torch.float16, grad_scaler=scaler))
     assert stats["steps"] == 1 and stats["skipped_steps"] == 1
     after = _weights(model)
@@ -47,7 +39,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_next_one_trains():
     assert not optimizer.state  # AdamW took no step: no moments
     assert scaler.get_scale() == 2.0**9  # halved by the overflow
 
-    stats = train_one_epoch(model, criterion, optimizer, _batches(1), torch.device("cpu"),
+    stats = train_one_epoch(model, criterion, optimizer, one_box_batches(1), torch.device("cpu"),
                             StepOptions(autocast_dtype=torch.float16, grad_scaler=scaler))
     assert stats["skipped_steps"] == 0
     trained = _weights(model)
@@ -60,5 +52,5 @@ def test_without_a_scaler_nothing_is_skipped():
     config = tiny_config()
     model, criterion = build_model(config), build_criterion(config)
     optimizer = build_optimizer(model, OptimConfig())
-    stats = train_one_epoch(model, criterion, optimizer, _batches(2), torch.device("cpu"))
+    stats = train_one_epoch(model, criterion, optimizer, one_box_batches(2), torch.device("cpu"))
     assert stats["steps"] == 2 and stats["skipped_steps"] == 0
