@@ -27,6 +27,12 @@ import torch
 SCHEDULES = ("step", "cosine")
 
 
+def check_schedule_name(name: str) -> None:
+    """``name`` is one of :data:`SCHEDULES` (ValueError naming ``optim.schedule`` if not)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got {name!r}")
+
+
 @dataclass(frozen=True)
 class ScheduleSpec:
     """The schedule's closed form.
@@ -45,8 +51,7 @@ class ScheduleSpec:
     warmup_start: float = 0.001
 
     def __post_init__(self) -> None:
-        if self.name not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got {self.name!r}")
+        check_schedule_name(self.name)
         if self.name == "cosine" and (isinstance(self.epochs, bool)
                                       or not isinstance(self.epochs, int) or self.epochs < 1):
             raise ValueError(f"a cosine schedule needs the run's epochs (an integer >= 1), got "

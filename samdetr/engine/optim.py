@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from samdetr.config import known_fields
-from samdetr.engine.lr_schedule import SCHEDULES, LrSchedule, ScheduleSpec
+from samdetr.engine.lr_schedule import LrSchedule, ScheduleSpec, check_schedule_name
 from samdetr.engine.parameter_groups import (
     check_part_names,
     match_length,
@@ -83,9 +83,7 @@ class OptimConfig:
         self._check_schedule()
 
     def _check_schedule(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got "
-                             f"{self.schedule!r}")
+        check_schedule_name(self.schedule)
         steps = self.warmup_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"optim.warmup_steps must be an integer >= 0, got {steps!r}")
