@@ -16,8 +16,10 @@ from pipelines.inference.batch_predict import run_batch_predict
 from pipelines.inference.evaluate import resolve_device
 from pipelines.inference.predict_outputs import (
     PICTURES,
+    above,
     picture,
     picture_name,
+    skip_reason,
     write_images_json,
     write_skipped,
 )
@@ -133,8 +135,7 @@ def _detect_all(predictor: Any, files: Sequence[str], config: PredictSettings,
             results = predictor(images, exif_transpose=False, num_top=config.num_top) \
                 if images else []
             for name, image, result in zip(names, images, results, strict=True):
-                kept = result["scores"] >= config.score_threshold
-                result = {key: value[kept] for key, value in result.items()}
+                result = above(result, config.score_threshold)
                 records.append({"id": len(records), "file": name, "size": image.size,
                                 "result": result})
                 if config.pictures:
@@ -157,7 +158,7 @@ def _load(files: Sequence[str], config: PredictSettings,
             images.append(decode_image(read_file(name), exif_transpose=config.exif_transpose))
             names.append(name)
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, not fatal
-            skipped.append((name, f"{type(err).__name__}: {str(err)[:200]}"))
+            skipped.append((name, skip_reason(err)))
     return images, names
 
 

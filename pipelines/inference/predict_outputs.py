@@ -1,5 +1,6 @@
-"""What both prediction engines write the same way: the picture of an image's detections and
-its file name, ``images.json`` and ``skipped.txt``. The one-process engine (``predict``) draws in
+"""What both prediction engines do the same way: keep the detections above the threshold, say
+why an image was skipped, and write the picture of an image's detections and its file name,
+``images.json`` and ``skipped.txt``. The one-process engine (``predict``) draws in
 this process; the Ray engine (``batch_predict``) draws in its model actors and the driver writes
 the PNG bytes they return."""
 
@@ -12,6 +13,18 @@ from pathlib import Path
 from typing import Any
 
 PICTURES = "pictures"
+
+
+def above(result: Mapping[str, Any], threshold: float) -> dict[str, Any]:
+    """A ``Predictor`` result (tensors per detection) cut to the detections scoring at least
+    ``threshold``."""
+    kept = result["scores"] >= threshold
+    return {key: value[kept] for key, value in result.items()}
+
+
+def skip_reason(err: Exception) -> str:
+    """The line ``skipped.txt`` and the console give for an image that failed with ``err``."""
+    return f"{type(err).__name__}: {str(err)[:200]}"
 
 
 def picture_name(image_id: int, file_name: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.inference.evaluate import resolve_device
-from pipelines.inference.predict_outputs import picture, png_bytes
+from pipelines.inference.predict_outputs import above, picture, png_bytes, skip_reason
 from samdetr.data.storage import read_file
 
 #: The rows between decoding and the model: an image's id and file, its decoded size and its
@@ -34,10 +34,6 @@ DETECTED_SCHEMA = pa.schema([
     ("labels", pa.list_(pa.int64())), ("names", pa.list_(pa.string())),
     ("boxes", pa.list_(pa.list_(pa.float32(), 4))), ("picture", pa.large_binary()),
 ])
-
-
-def _reason(err: Exception) -> str:
-    return f"{type(err).__name__}: {str(err)[:200]}"
 
 
 def decode_rows(batch: pa.Table, exif_transpose: bool) -> pa.Table:
@@ -61,7 +57,7 @@ def decode_rows(batch: pa.Table, exif_transpose: bool) -> pa.Table:
             out["width"].append(0)
             out["height"].append(0)
             out["pixels"].append(None)
-            out["skipped"].append(_reason(err))
+            out["skipped"].append(skip_reason(err))
             continue
         out["width"].append(image.width)
         out["height"].append(image.height)
@@ -134,12 +130,8 @@ class ModelActor:
                 try:
                     found.extend(self.predictor([images[i]], exif_transpose=False))
                 except Exception as err:  # noqa: BLE001 - this image skipped, not the batch
-                    rows[i]["skipped"] = _reason(err)
+                    rows[i]["skipped"] = skip_reason(err)
                     found.append(None)
         threshold = self.options["score_threshold"]
-        results = {}
-        for i, result in zip(order, found, strict=True):
-            if result is not None:
-                kept = result["scores"] >= threshold
-                results[i] = {key: value[kept] for key, value in result.items()}
-        return results
+        return {i: above(result, threshold)
+                for i, result in zip(order, found, strict=True) if result is not None}
