@@ -273,7 +273,6 @@ def _train(worker: _Worker, progress: _Progress) -> None:
             break
 
 
-
 def _stopped_early(trainer: Any, history: list[dict[str, Any]]) -> str:
     """Why the run stops before its last epoch (``trainer.early_stop_*``), or ""."""
     return stop_reason(history, trainer.checkpoint_metric, trainer.early_stop_patience,
