@@ -40,8 +40,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from bench.attention_kernels import fused_backends
 from bench.gpu_check import DEMO_OPTIM, SMALL, make_shards, small_setup
 from samdetr.data.loader import set_epoch
-from samdetr.engine.loop import autocast_context
 from samdetr.engine.reproducibility import seed_everything
+from samdetr.engine.step import autocast_context
 from samdetr.model.criterion import num_boxes_for
 
 

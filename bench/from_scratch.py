@@ -28,9 +28,10 @@ from samdetr.data.synthetic import write_synthetic_shards
 from samdetr.data.transforms import train_transforms
 from samdetr.engine.coco_eval import evaluate_detections
 from samdetr.engine.evaluation import eval_loader, ground_truth
-from samdetr.engine.loop import StepOptions, predict, train_one_epoch
+from samdetr.engine.loop import predict, train_one_epoch
 from samdetr.engine.optim import OptimConfig, build_optimizer, build_scheduler
 from samdetr.engine.reproducibility import seed_everything
+from samdetr.engine.step import StepOptions
 
 
 def arguments() -> argparse.Namespace:

@@ -47,9 +47,10 @@ from samdetr.data.loader import RowDecoder, build_loader, set_epoch
 from samdetr.data.samplers import EpochSampler
 from samdetr.data.shards import ShardDataset, read_manifest
 from samdetr.data.transforms import train_transforms
-from samdetr.engine.loop import StepOptions, autocast_context, predict, train_one_epoch
+from samdetr.engine.loop import predict, train_one_epoch
 from samdetr.engine.optim import OptimConfig, build_optimizer
 from samdetr.engine.reproducibility import seed_everything
+from samdetr.engine.step import StepOptions, autocast_context
 from samdetr.model.postprocess import PostProcess
 
 PARTS = ("fixture_fp32", "fixture_bf16", "train_bf16", "speed", "ddp_nccl")

@@ -19,7 +19,7 @@ import torch
 from samdetr import official_fixture
 from samdetr.batching import pad_images
 from samdetr.builder import build_criterion
-from samdetr.engine.loop import autocast_context
+from samdetr.engine.step import autocast_context
 from samdetr.model.postprocess import PostProcess
 from samdetr.official import convert_state_dict, model_from_official_state
 

@@ -2,6 +2,11 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
 ``torch.load(weights_only=True)`` and a model rebuilds from it with ``samdetr`` alone.
+
+A training checkpoint may also hold the moving average of the weights (``ema``: ``{"model":
+state dict, "updates": n}``, :mod:`samdetr.engine.ema`) and say which of the two is its model
+(``weights``: ``"ema"`` or ``"raw"``): ``model`` is always the trained weights (a resume goes on
+from them), :func:`model_state` the ones to use.
 """
 
 from __future__ import annotations
@@ -85,14 +90,27 @@ def check_payload(payload: Any, path: str | Path) -> None:
         )
 
 
+def model_state(payload: dict[str, Any]) -> dict[str, Any]:
+    """The state dict a checkpoint's user loads: the moving average's when the checkpoint
+    says ``weights="ema"``, else ``model``."""
+    weights = payload.get("weights", "raw")
+    if weights == "raw":
+        return payload["model"]
+    if weights == "ema" and isinstance(payload.get("ema"), dict) and "model" in payload["ema"]:
+        return payload["ema"]["model"]
+    raise ValueError(f"checkpoint says weights={weights!r} but holds no such weights "
+                     "(expected 'raw', or 'ema' with an 'ema' entry)")
+
+
 def load_checkpoint(
     path: str | Path,
     map_location: str | torch.device = "cpu",
 ) -> tuple[SAMDETR, DetectorConfig, dict[str, Any]]:
-    """Rebuild the model from a checkpoint: ``(model, config, extra entries)``."""
+    """Rebuild the model from a checkpoint (with the weights :func:`model_state` picks):
+    ``(model, config, extra entries)``."""
     payload = read_checkpoint(path, map_location)
     config = DetectorConfig.from_dict(payload["config"])
     model = build_model(config)
-    model.load_state_dict(payload["model"], strict=True)
+    model.load_state_dict(model_state(payload), strict=True)
     extra = {k: v for k, v in payload.items() if k not in ("format", "version", "config", "model")}
     return model, config, extra

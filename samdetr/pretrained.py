@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from samdetr.checkpoint import check_payload
+from samdetr.checkpoint import check_payload, model_state
 from samdetr.config import DetectorConfig, ModelConfig
 from samdetr.official import (
     convert_state_dict,
@@ -148,7 +148,7 @@ def read_pretrained(path: str | Path, origin: str | None = None) -> PretrainedWe
     if isinstance(payload, dict) and "format" in payload:
         check_payload(payload, path)
         return PretrainedWeights(
-            state=payload["model"], config=DetectorConfig.from_dict(payload["config"]),
+            state=model_state(payload), config=DetectorConfig.from_dict(payload["config"]),
             kind="samdetr", origin=origin, sha256=_sha256(path),
             categories=tuple(dict(c) for c in payload.get("categories") or ()))
     official, args = official_parts(payload, path)

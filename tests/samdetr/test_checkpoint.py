@@ -201,3 +201,32 @@ def test_state_dict_is_complete(tmp_path):
     torch.save(payload, path)
     with pytest.raises(RuntimeError, match="Missing key"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_that_offers_its_moving_average_loads_those_weights(tmp_path):
+    from samdetr.engine.ema import EmaConfig, ModelEma
+    from samdetr.pretrained import read_pretrained
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = build_model(config)
+    ema = ModelEma(model, EmaConfig(decay=0.5, warmup_steps=0))
+    ema.update(model)
+    with torch.no_grad():  # the trained weights move on; the average stays behind
+        for p in model.parameters():
+            p.add_(1.0)
+    saved = {"ema": ema.state_dict()}
+    as_ema = save_checkpoint(tmp_path / "ema.pth", model, config, weights="ema", **saved)
+    as_raw = save_checkpoint(tmp_path / "raw.pth", model, config, weights="raw", **saved)
+    loaded, _, extra = load_checkpoint(as_ema)
+    assert extra["weights"] == "ema" and extra["ema"]["updates"] == 1
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, ema.module.state_dict()[name]), name
+    for name, value in load_checkpoint(as_raw)[0].state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name
+    # Fine-tuning from the checkpoint starts from the same weights.
+    assert torch.equal(read_pretrained(as_ema).state["input_proj.0.weight"],
+                       ema.module.state_dict()["input_proj.0.weight"])
+    broken = save_checkpoint(tmp_path / "broken.pth", model, config, weights="ema")
+    with pytest.raises(ValueError, match="weights='ema' but holds no such weights"):
+        load_checkpoint(broken)

@@ -35,3 +35,33 @@ def one_box_batches(count: int, size: int = 64) -> list:
     return [(torch.randn(1, 3, size, size, generator=generator),
              torch.zeros(1, size, size, dtype=torch.bool), [dict(target)])
             for _ in range(count)]
+
+
+def boxed_batch(seed: int, size: int = 2) -> tuple:
+    """``size`` random 96 x 96 images with 1-3 boxes each, drawn from ``seed``. All the same
+    size, so nothing is padded and batches can be merged (:func:`merged`) into a larger one."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(size, 3, 96, 96, generator=generator)
+    mask = torch.zeros(size, 96, 96, dtype=torch.bool)
+    targets = []
+    for i in range(size):
+        n = 1 + (seed + i) % 3
+        centres = torch.rand(n, 2, generator=generator) * 0.5 + 0.25
+        sizes = torch.rand(n, 2, generator=generator) * 0.3 + 0.1
+        targets.append({
+            "boxes": torch.cat([centres, sizes], 1),
+            "labels": torch.randint(1, 5, (n,), generator=generator),
+            "image_id": torch.tensor(100 * seed + i),
+            "orig_size": torch.tensor([96, 96]),
+        })
+    return images, mask, targets
+
+
+def merged(*batches: tuple) -> tuple:
+    """One batch holding the images of ``batches`` in order."""
+    import torch
+
+    return (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]),
+            [t for b in batches for t in b[2]])

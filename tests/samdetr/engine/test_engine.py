@@ -12,9 +12,10 @@ import torch
 from support.tiny import tiny_config
 
 from samdetr.builder import build_criterion, build_model
-from samdetr.engine.loop import StepOptions, predict, train_one_epoch
+from samdetr.engine.loop import predict, train_one_epoch
 from samdetr.engine.optim import OptimConfig, build_optimizer, build_scheduler, parameter_groups
 from samdetr.engine.reproducibility import rng_state, seed_everything, set_rng_state
+from samdetr.engine.step import StepOptions
 
 
 def _batches(count: int, seed: int = 0):

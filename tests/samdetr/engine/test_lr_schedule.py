@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from support.tiny import one_box_batches, tiny_config
 
 from samdetr.builder import build_criterion, build_model
-from samdetr.engine.loop import StepOptions, train_one_epoch
+from samdetr.engine.loop import train_one_epoch
 from samdetr.engine.lr_schedule import LrSchedule, ScheduleSpec
 from samdetr.engine.optim import OptimConfig, build_optimizer, build_scheduler
+from samdetr.engine.step import StepOptions
 
 BASE = (1e-3, 1e-4)  # two groups: the transformer's rate and the backbone's
 

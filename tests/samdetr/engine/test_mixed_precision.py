@@ -7,8 +7,9 @@ import torch
 from support.tiny import one_box_batches, tiny_config
 
 from samdetr.builder import build_criterion, build_model
-from samdetr.engine.loop import StepOptions, train_one_epoch
+from samdetr.engine.loop import train_one_epoch
 from samdetr.engine.optim import OptimConfig, build_optimizer
+from samdetr.engine.step import StepOptions
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -13,35 +13,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from support.tiny import tiny_config
+from support.tiny import boxed_batch, merged, tiny_config
 
 from samdetr.builder import build_criterion, build_model
-from samdetr.engine.loop import StepOptions, train_one_epoch
+from samdetr.engine.loop import train_one_epoch
+from samdetr.engine.step import StepOptions
 from samdetr.model.criterion import distributed_mean
-
-
-def _batch(seed: int, size: int = 2):
-    """``size`` images of 96 x 96 (all the same size: no padding, so batches can be merged)."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(size, 3, 96, 96, generator=generator)
-    mask = torch.zeros(size, 96, 96, dtype=torch.bool)
-    targets = []
-    for i in range(size):
-        n = 1 + (seed + i) % 3
-        centres = torch.rand(n, 2, generator=generator) * 0.5 + 0.25
-        sizes = torch.rand(n, 2, generator=generator) * 0.3 + 0.1
-        targets.append({
-            "boxes": torch.cat([centres, sizes], 1),
-            "labels": torch.randint(1, 5, (n,), generator=generator),
-            "image_id": torch.tensor(100 * seed + i),
-            "orig_size": torch.tensor([96, 96]),
-        })
-    return images, mask, targets
-
-
-def _merge(a, b):
-    return torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]), a[2] + b[2]
-
 
 # Rank 0 holds three batches, rank 1 one: rank 1 runs out after the first step.
 RANK_BATCHES = {0: [1, 2, 3], 1: [4]}
@@ -55,7 +32,7 @@ def _parts():
     return model, criterion, optimizer
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, accumulate: int) -> None:
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
     )
@@ -64,8 +41,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         model, criterion, optimizer = _parts()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         stats = train_one_epoch(
-            ddp, criterion, optimizer, [_batch(s) for s in RANK_BATCHES[rank]],
-            torch.device("cpu"), StepOptions(clip_max_norm=0.0, world_reduce=distributed_mean),
+            ddp, criterion, optimizer, [boxed_batch(s) for s in RANK_BATCHES[rank]],
+            torch.device("cpu"), StepOptions(clip_max_norm=0.0, world_reduce=distributed_mean,
+                                        accumulate=accumulate),
         )
         torch.save({"stats": stats, "state": model.state_dict()}, os.path.join(out, f"{rank}.pt"))
     finally:
@@ -78,19 +56,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# With 2 batches per step, rank 1 fills its first step up with a stand-in; DDP all-reduces once
+# per step (no_sync on the first batch).
+STEPS = {1: [[1, 4], [2], [3]], 2: [[1, 2, 4], [3]]}  # the one-process run's batches per step
+
+
 @pytest.mark.slow
-def test_uneven_batch_counts_train_like_one_process_on_the_same_data(tmp_path):
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_uneven_batch_counts_train_like_one_process_on_the_same_data(tmp_path, accumulate):
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path), accumulate), nprocs=2,
+                       join=True, start_method="spawn")
     results = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
-    assert [r["stats"]["steps"] for r in results] == [3, 3]  # the same optimizer steps
+    steps = len(STEPS[accumulate])
+    assert [r["stats"]["steps"] for r in results] == [steps, steps]  # the same optimizer steps
     assert [r["stats"]["batches"] for r in results] == [3, 1]
     assert [r["stats"]["images"] for r in results] == [6, 2]
 
-    # One process on the same data: the first step sees both ranks' batches, then rank 0's.
+    # One process on the same data, each step's batches merged into one.
     model, criterion, optimizer = _parts()
-    b = {s: _batch(s) for s in (1, 2, 3, 4)}
-    train_one_epoch(model, criterion, optimizer, [_merge(b[1], b[4]), b[2], b[3]],
+    b = {s: boxed_batch(s) for s in (1, 2, 3, 4)}
+    train_one_epoch(model, criterion, optimizer,
+                    [merged(*(b[s] for s in step)) for step in STEPS[accumulate]],
                     torch.device("cpu"), StepOptions(clip_max_norm=0.0))
     reference = model.state_dict()
     for name, value in reference.items():
@@ -124,5 +110,5 @@ def test_a_rank_without_data_from_the_start_still_steps():
 def test_world_reduce_must_keep_the_shape():
     model, criterion, optimizer = _parts()
     with pytest.raises(TypeError, match="shaped like its input"):
-        train_one_epoch(model, criterion, optimizer, [_batch(1)], torch.device("cpu"),
+        train_one_epoch(model, criterion, optimizer, [boxed_batch(1)], torch.device("cpu"),
                         StepOptions(world_reduce=lambda t: t.sum()))
