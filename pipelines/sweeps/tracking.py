@@ -2,8 +2,9 @@
 
 Each trial's training run is an MLflow child of the sweep's parent run (``tracking.parent_run_id``)
 and logs its params and per-epoch metrics itself. When the sweep ends, :func:`complete_trial`
-logs each trial's best checkpoint as the child's model (not registered), tags it with its outcome
-and closes it: a trial stopped by the scheduler had its process killed, so nothing else would.
+logs each trial's best checkpoint as the child's model (not registered), logs the epochs its
+checkpoint holds but the run missed, tags it with its outcome and closes it: a trial stopped by
+the scheduler had its process killed, so nothing else would.
 :func:`log_results` gives the parent the table and plots; :func:`register_winner` makes the best
 trial's model a new version of the registered model, tagged, with the sweep's alias. Trials never
 touch the registry. Every call here is wrapped by the caller: a tracking failure is a warning.
@@ -12,6 +13,7 @@ touch the registry. Every call here is wrapped by the caller: a tracking failure
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from pipelines.sweeps.report import (
     metric_vs_param_figure,
     results_csv,
 )
-from pipelines.training.run_record import kept_checkpoints
+from pipelines.training.class_report import history_metrics
+from pipelines.training.run_record import kept_checkpoints, run_history
 
 #: Tag prefixes on the trials' runs and the winner's model version.
 TAG = "sweep."
@@ -65,6 +68,7 @@ def complete_trial(uri: str, outcome: TrialOutcome, run_root: str, metric: str) 
             logged = log_best_model(settings, uri, run_id, f"{found[1]}/{CHECKPOINT_FILE}",
                                     _ray_checkpoint(found[1]))
         model_uri = logged.get("model_uri")
+    log_missed_epochs(client, run_id, run_history(run_root) or [])
     for key, value in {"trial_id": outcome.trial_id, "status": outcome.status,
                        "stopped_early": str(outcome.status == "stopped early").lower(),
                        "epochs_run": str(outcome.epochs_run)}.items():
@@ -72,6 +76,21 @@ def complete_trial(uri: str, outcome: TrialOutcome, run_root: str, metric: str) 
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, "FAILED" if outcome.status == "error" else "FINISHED")
     return model_uri
+
+
+def log_missed_epochs(client: Any, run_id: str, history: list[dict[str, Any]]) -> None:
+    """Log the epochs the trial's checkpoint holds but its run lacks: the scheduler can stop a
+    trial between its checkpoint and its logging, and a stopped trial never resumes to log them
+    itself."""
+    from mlflow.entities import Metric
+
+    logged = max((m.step for m in client.get_metric_history(run_id, "loss")), default=-1)
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, int(entry["epoch"]))
+               for entry in history if int(entry["epoch"]) > logged
+               for key, value in history_metrics(entry).items()]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
 
 
 def log_results(uri: str, run_id: str, outcomes: list[TrialOutcome], metric: str,

@@ -43,6 +43,14 @@ def class_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def history_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """What an epoch's history entry (``{epoch, <metrics>, classes?}``) logs: its numbers and
+    each class's AP, as the epoch logged them when it ran."""
+    numbers = {k: float(v) for k, v in entry.items() if k not in ("epoch", "classes")}
+    numbers.update(class_metrics(entry.get("classes", [])))
+    return numbers
+
+
 def class_table(rows: Sequence[dict[str, Any]], epoch: int) -> dict[str, list[Any]]:
     """The rows as MLflow table columns, with the epoch (1-based) on every row."""
     columns = ("category_id", "name", "num_gt", "num_detections", "AP", "AP50")

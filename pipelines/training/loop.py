@@ -26,7 +26,8 @@ from pipelines.common.checkpoints import CHECKPOINT_FILE, HISTORY_FILE
 from pipelines.common.console import EpochBar, estimated_steps, quiet_worker
 from pipelines.common.run_logger import RunLogger
 from pipelines.data.ingest import EpochClock, PadCollate
-from pipelines.training.class_report import class_metrics, class_rows, log_classes
+from pipelines.training.class_report import class_rows, history_metrics, log_classes
+from pipelines.training.ema_choice import Choice, Scores, choose, worker_ema
 from pipelines.training.epoch_report import combined_metrics, epoch_line
 from pipelines.training.job import TrainJob
 from pipelines.training.pictures import picture_images, pictures_grid, unwrap
@@ -35,13 +36,16 @@ from pipelines.training.pretrained import start_model
 from pipelines.training.settings import TrainSettings
 from samdetr.builder import build_criterion
 from samdetr.checkpoint import read_checkpoint, save_checkpoint
+from samdetr.engine.activation_checkpointing import checkpoint_activations
 from samdetr.engine.class_metrics import ClassMetrics
 from samdetr.engine.coco_eval import COCOEvaluator
 from samdetr.engine.early_stopping import stop_reason
+from samdetr.engine.ema import ModelEma
 from samdetr.engine.evaluation import eval_loader, ground_truth
-from samdetr.engine.loop import StepOptions, predict, train_one_epoch
+from samdetr.engine.loop import predict, train_one_epoch
 from samdetr.engine.optim import build_optimizer, build_scheduler
 from samdetr.engine.reproducibility import rng_state, seed_everything
+from samdetr.engine.step import StepOptions
 from samdetr.model.criterion import distributed_mean
 from samdetr.model.postprocess import PostProcess
 
@@ -120,6 +124,7 @@ class _Worker:
     scheduler: Any
     logger: Any = None  # pipelines.common.run_logger.RunLogger on rank 0 of a tracked run
     grad_scaler: Any = None  # torch.amp.GradScaler of an fp16 run
+    ema: ModelEma | None = None  # the moving average of the weights (trainer.ema_decay)
 
 
 @dataclass
@@ -153,12 +158,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         and job.backbone_weights is not None else None
     model, _ = start_model(settings, pretrained, shared, fresh)
     model = model.to(device)
+    if settings.trainer.activation_checkpointing:
+        checkpoint_activations(model, settings.trainer.activation_checkpointing)
     criterion = build_criterion(settings.detector).to(device)
     optimizer = build_optimizer(model, settings.optim)
     scheduler = build_scheduler(optimizer, settings.optim, epochs=settings.trainer.epochs)
     # float16 needs its loss scaled (bfloat16 has float32's range and does not).
     grad_scaler = torch.amp.GradScaler(device.type) if settings.trainer.fp16 else None
     payload = _restore(checkpoint, model, optimizer, scheduler, grad_scaler)
+    ema = worker_ema(settings.trainer, model, payload)
     if payload is not None and payload.get("init_from"):  # what the run was fine-tuned from
         job = dataclasses.replace(job, init_from=dict(payload["init_from"]))
     model = ray.train.torch.prepare_model(model)
@@ -168,7 +176,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         logger = RunLogger(job.tracking_uri, job.run_id,
                            retry_after_s=settings.tracking.retry_after_s, warn=_say)
     worker = _Worker(settings, job, rank, device, model, criterion, optimizer, scheduler,
-                     logger, grad_scaler)
+                     logger, grad_scaler, ema)
     try:
         _train(worker, _progress(payload, logger))
     finally:
@@ -198,9 +206,7 @@ def _progress(payload: dict[str, Any] | None, logger: Any) -> _Progress:
         progress.logged_epoch = logger.last_step("loss")
         if progress.logged_epoch is not None:
             for entry in (h for h in progress.history if h["epoch"] > progress.logged_epoch):
-                numbers = {k: v for k, v in entry.items() if k not in ("epoch", "classes")}
-                numbers.update(class_metrics(entry.get("classes", [])))
-                logger.log_metrics(numbers, entry["epoch"])
+                logger.log_metrics(history_metrics(entry), entry["epoch"])
     return progress
 
 
@@ -248,23 +254,28 @@ def _train(worker: _Worker, progress: _Progress) -> None:
         all_stats = _gather(stats)
         worker.scheduler.step()
         progress.global_step += all_stats[0]["steps"]
-        metrics, classes = _evaluate(worker.model, val_batches, coco_gt, worker.device,
-                                     trainer.autocast_dtype)
-        epoch_metrics = combined_metrics(metrics, all_stats, time.perf_counter() - start,
+        choice = _validate(worker, val_batches, coco_gt)
+        classes = choice.scores.classes
+        epoch_metrics = combined_metrics(choice.scores.metrics, all_stats,
+                                         time.perf_counter() - start,
                                          scaled=worker.grad_scaler is not None)
+        epoch_metrics.update(choice.numbers)
         # Each class's numbers are rank 0's (it scores); its history is the one checkpointed.
         progress.history.append({"epoch": epoch, **epoch_metrics,
                                  **({"classes": class_rows(classes)} if classes else {})})
+        if rank == 0:
+            _say(epoch_line(epoch, trainer.epochs, epoch_metrics, progress.history))
+        stopped = _stopped_early(trainer, progress.history)
+        _report(worker, epoch, epoch_metrics, progress, choice.weights, bool(stopped))
+        # After the checkpoint: MLflow never holds an epoch the run's checkpoints lack (a Tune
+        # scheduler may stop the run while it trains the next one). An epoch its checkpoint
+        # holds but MLflow missed is logged from the history on a resume (_progress), or, for
+        # a stopped trial, by the sweep (pipelines.sweeps.tracking.complete_trial).
         if logger is not None:
             if progress.logged_epoch is None or epoch > progress.logged_epoch:
                 _log_epoch(worker, epoch, epoch_metrics, progress.history, pictures)
                 log_classes(logger, epoch, classes)
-            # Before the checkpoint: a crash after it must not lose this epoch's metrics.
             logger.flush(settings.tracking.flush_timeout_s)
-        if rank == 0:
-            _say(epoch_line(epoch, trainer.epochs, epoch_metrics, progress.history))
-        stopped = _stopped_early(trainer, progress.history)
-        _report(worker, epoch, epoch_metrics, progress, stopped_early=bool(stopped))
         if trainer.fail_after_epoch == epoch and not progress.resumed and rank == 0:
             raise InjectedFailure(f"injected after epoch {epoch} (trainer.fail_after_epoch)")
         if stopped:  # every rank holds the same history, so every rank stops here
@@ -279,8 +290,6 @@ def _stopped_early(trainer: Any, history: list[dict[str, Any]]) -> str:
                        trainer.early_stop_min_delta)
 
 
-
-
 def _epoch_batches(shard: Any, settings: TrainSettings, epoch: int) -> Any:
     """This worker's training batches of ``epoch`` from its Ray Data ``shard``."""
     data, seed = settings.data, settings.trainer.seed
@@ -291,10 +300,6 @@ def _epoch_batches(shard: Any, settings: TrainSettings, epoch: int) -> Any:
         local_shuffle_seed=seed + epoch if data.shuffle_buffer else None,
         prefetch_batches=2,  # keep decoded batches ready while the step runs
     )
-
-
-
-
 
 
 def _train_epoch(worker: _Worker, progress: _Progress, batches: Any,
@@ -320,6 +325,8 @@ def _train_epoch(worker: _Worker, progress: _Progress, batches: Any,
         log_every=settings.trainer.log_every,
         after_step=worker.scheduler.step_batch,  # the warm-up moves per step
         grad_scaler=worker.grad_scaler,
+        accumulate=settings.trainer.accumulate,
+        ema=worker.ema,
     )
     return train_one_epoch(worker.model, worker.criterion, worker.optimizer, batches,
                            worker.device, options)
@@ -338,9 +345,20 @@ def _log_epoch(worker: _Worker, epoch: int, epoch_metrics: dict[str, float],
             logger.log_image(grid, f"predictions/epoch_{epoch + 1:03d}.png")
 
 
+def _validate(worker: _Worker, loader: Any, coco_gt: Any) -> Choice:
+    """Score the trained weights and (with an EMA) the average; the checkpoint's choice."""
+    dtype = worker.settings.trainer.autocast_dtype
+    raw = Scores(*_evaluate(worker.model, loader, coco_gt, worker.device, dtype))
+    averaged = None
+    if worker.ema is not None:
+        averaged = Scores(*_evaluate(worker.ema.module, loader, coco_gt, worker.device, dtype))
+    return choose(worker.settings.trainer, raw, averaged)
+
+
 def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _Progress,
-            stopped_early: bool = False) -> None:
-    """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint."""
+            weights: str = "raw", stopped_early: bool = False) -> None:
+    """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint, whose
+    model is the ``weights`` (``raw`` or ``ema``)."""
     settings, job = worker.settings, worker.job
     # For the driver only, not the checkpoint: which call reported, epochs trained (a Tune
     # scheduler's clock, unchanged by restarts), whether the run stops here, and tracking
@@ -371,6 +389,7 @@ def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _P
                 data=dict(job.data_sha256),
                 mlflow_run_id=job.run_id or "",
                 init_from=dict(job.init_from),
+                **({"ema": worker.ema.state_dict(), "weights": weights} if worker.ema else {}),
             )
             with open(os.path.join(folder, HISTORY_FILE), "w") as out:
                 json.dump(progress.history, out, default=float)

@@ -37,6 +37,7 @@ FREE_TO_CHANGE = (
     "trainer.log_every",
     "trainer.num_pictures",
     "trainer.max_failures",
+    "trainer.activation_checkpointing",  # memory for compute: the same numbers
     "trainer.fail_after_epoch",
     "trainer.cpus_per_worker",
     "trainer.worker_resources",

@@ -20,7 +20,9 @@ from pipelines.data.sources import FORMATS
 from pipelines.training.backbone_weights import absolute_weights
 from samdetr.config import DetectorConfig, known_fields
 from samdetr.data.storage import absolute, is_uri
+from samdetr.engine.activation_checkpointing import check_parts
 from samdetr.engine.coco_eval import METRIC_NAMES
+from samdetr.engine.ema import EmaConfig
 from samdetr.engine.optim import OptimConfig
 
 #: Keys of a ``data`` config group (conf/data/*.yaml) that only preprocessing reads: the
@@ -73,6 +75,10 @@ class DataSettings:
                              f"got {self.eval_transform!r}")
 
 
+#: What ``trainer.ema_weights`` may say.
+EMA_WEIGHTS = ("better", "ema", "raw")
+
+
 @dataclass(frozen=True)
 class TrainerSettings:
     """The Ray Train side: workers, devices, epochs, checkpoints, fault tolerance."""
@@ -96,7 +102,21 @@ class TrainerSettings:
     # many epochs (samdetr.engine.early_stopping); 0: train every epoch.
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.0
-    # The global batch (num_workers x data.batch_size) the recipe's learning rates are for:
+    # A moving average of the weights (samdetr.engine.ema), evaluated every epoch beside
+    # them: ema_decay 0 is off (0.9997-0.9999 is usual), ema_warmup_steps its warm-up.
+    # ema_weights: which weights each checkpoint's model is (the registered model, prediction,
+    # export) - "better" (the one scoring higher on checkpoint_metric that epoch), "ema", "raw".
+    ema_decay: float = 0.0
+    ema_warmup_steps: int = 2000
+    ema_weights: str = "better"
+    # Parts whose activations are recomputed in the backward pass instead of kept, for memory
+    # (samdetr.engine.activation_checkpointing): any of backbone, encoder, decoder.
+    activation_checkpointing: tuple[str, ...] = ()
+    # Batches per optimiser step on each worker (gradient accumulation): a step updates as one
+    # batch this many times as large would, e.g. an 8-GPU recipe's global batch on 2 GPUs.
+    accumulate: int = 1
+    # The global batch (num_workers x data.batch_size x accumulate) the recipe's learning rates
+    # are for:
     # a run whose workers and batch size make another is refused. A recipe sets it; a run that
     # changes it on purpose says so by setting it too (and scales optim.lr itself). None: any.
     global_batch: int | None = None
@@ -127,6 +147,16 @@ class TrainerSettings:
         if not isinstance(self.storage_path, str) or not self.storage_path:
             raise ValueError("trainer.storage_path must be a non-empty path or URI")
         positive_int(self.epochs, "trainer.epochs")
+        positive_int(self.accumulate, "trainer.accumulate")
+        object.__setattr__(self, "activation_checkpointing", check_parts(
+            self.activation_checkpointing, "trainer.activation_checkpointing"))
+        try:
+            self.ema_config  # noqa: B018 - validates
+        except ValueError as err:  # "decay must be ..." -> "trainer.ema_decay must be ..."
+            raise ValueError(f"trainer.ema_{err}") from None
+        if self.ema_weights not in EMA_WEIGHTS:
+            raise ValueError(f"trainer.ema_weights must be one of {list(EMA_WEIGHTS)}, "
+                             f"got {self.ema_weights!r}")
         positive_int(self.num_workers, "trainer.num_workers")
         positive_int(self.max_failures, "trainer.max_failures", 0)
         positive_int(self.log_every, "trainer.log_every")
@@ -160,6 +190,10 @@ class TrainerSettings:
             positive_int(self.fail_after_epoch, "trainer.fail_after_epoch", 0)
         if self.global_batch is not None:
             positive_int(self.global_batch, "trainer.global_batch")
+
+    @property
+    def ema_config(self) -> EmaConfig:
+        return EmaConfig(decay=self.ema_decay, warmup_steps=self.ema_warmup_steps)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -222,7 +256,7 @@ class TrainSettings:
     @property
     def global_batch(self) -> int:
         """Images per optimiser step over all workers."""
-        return self.trainer.num_workers * self.data.batch_size
+        return self.trainer.num_workers * self.data.batch_size * self.trainer.accumulate
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSettings:
@@ -297,19 +331,25 @@ class TrainSettings:
 
 
 def check_global_batch(trainer: TrainerSettings, data: DataSettings) -> None:
-    """ValueError unless the workers and their batch make the recipe's global batch (when the
-    recipe names one): its learning rates hold for that batch only."""
+    """ValueError unless the workers, their batch and the accumulation make the recipe's global
+    batch (when the recipe names one): its learning rates hold for that batch only."""
     expected = trainer.global_batch
-    found = trainer.num_workers * data.batch_size
+    workers, batch, accumulate = trainer.num_workers, data.batch_size, trainer.accumulate
+    found = workers * batch * accumulate
     if expected is None or found == expected:
         return
-    hint = (f"data.batch_size={expected // trainer.num_workers}"
-            if expected % trainer.num_workers == 0 else
-            f"trainer.num_workers and data.batch_size whose product is {expected}")
+    hints = []
+    if expected % (workers * accumulate) == 0:
+        hints.append(f"data.batch_size={expected // (workers * accumulate)}")
+    if expected % (workers * batch) == 0:
+        hints.append(f"trainer.accumulate={expected // (workers * batch)}")
+    hint = " or ".join(hints) or (
+        "trainer.num_workers, data.batch_size and trainer.accumulate whose product is "
+        f"{expected}")
     raise ValueError(
-        f"trainer.num_workers={trainer.num_workers} x data.batch_size={data.batch_size} makes a "
-        f"global batch of {found}, but this recipe's learning rates are for "
-        f"trainer.global_batch={expected}. Use {hint}; or train with a global batch of "
+        f"trainer.num_workers={workers} x data.batch_size={batch} x trainer.accumulate="
+        f"{accumulate} makes a global batch of {found}, but this recipe's learning rates are "
+        f"for trainer.global_batch={expected}. Use {hint}; or train with a global batch of "
         f"{found} on purpose: trainer.global_batch={found} (and scale optim.lr yourself)"
     )
 

@@ -91,28 +91,30 @@ FINGERPRINTS = {
     # optim.min_lr_ratio, optim.warmup_steps and optim.warmup_start (#30: learning-rate
     # schedules), the official step drop by default; and trainer.early_stop_patience and
     # trainer.early_stop_min_delta (#30: early stopping), off by default, and trainer.fp16
-    # (#30: float16 with loss scaling), off.
-    "train": "ed07c49dff5d6315",
-    "train experiment=shapes_small": "33587ada83fcc763",
-    "train experiment=sam_detr_r50_dc5_e12": "a39d7a19f673480f",
-    "train experiment=sam_detr_r50_dc5_e50": "861492a1fdaa64ef",
-    "train experiment=sam_detr_r50_dc5_smca_e12": "46eb3c16a653ac1e",
-    "train experiment=sam_detr_r50_dc5_smca_e50": "74a4575a3942ab39",
-    "train experiment=sam_detr_r50_e12": "142f532ff448e89d",
-    "train experiment=sam_detr_r50_e50": "51f344372083c953",
-    "train experiment=sam_detr_r50_smca_e12": "e1a49b3de08d8e83",
-    "train experiment=sam_detr_r50_smca_e50": "76a1d22bed06ed72",
-    "train model=baseline_r50": "8b31aba4633a8dcc",
-    "train model=sam_detr_r50": "864c832e06a57fe2",
-    "train model=sam_detr_r50_dc5": "ad0aee97ca1af728",
-    "train model=sam_detr_r50_dc5_smca": "62e3061b720a2f7d",
-    "train model=sam_detr_r50_smca": "22a05f183f0dad98",
-    "train data=coco128": "2ca5c97cac321aa9",
-    "train data=coco2017": "f872909bb8871894",
-    "train trainer=gpu": "db9496ad9d866116",
-    "train tracking=server": "cf914c6c98b05d24",
+    # (#30: float16 with loss scaling), off; trainer.accumulate (#30: gradient accumulation),
+    # 1; trainer.ema_decay, ema_warmup_steps and ema_weights (#30: EMA), off; and
+    # trainer.activation_checkpointing (#30), none.
+    "train": "2e57fa82dc2bef95",
+    "train experiment=shapes_small": "2ab2841783b68998",
+    "train experiment=sam_detr_r50_dc5_e12": "a4eddbfab6a75196",
+    "train experiment=sam_detr_r50_dc5_e50": "85e4889b4e4b65c6",
+    "train experiment=sam_detr_r50_dc5_smca_e12": "c6a93d2ab2c088a5",
+    "train experiment=sam_detr_r50_dc5_smca_e50": "33fff59849714ec7",
+    "train experiment=sam_detr_r50_e12": "fb613f1604f2763e",
+    "train experiment=sam_detr_r50_e50": "ef39bb61cf6efac6",
+    "train experiment=sam_detr_r50_smca_e12": "32254e4cd0bbdd82",
+    "train experiment=sam_detr_r50_smca_e50": "358a9faccc00fd72",
+    "train model=baseline_r50": "e99e9f95d5f444db",
+    "train model=sam_detr_r50": "5f48cf6eda7ef7d3",
+    "train model=sam_detr_r50_dc5": "9e30a4670eed1477",
+    "train model=sam_detr_r50_dc5_smca": "a59c5d88646fd2f5",
+    "train model=sam_detr_r50_smca": "2bb785d1628375c2",
+    "train data=coco128": "3f2f4d5425d72afc",
+    "train data=coco2017": "f10d48775c7936fe",
+    "train trainer=gpu": "f5ee9423db41bd5c",
+    "train tracking=server": "576c2d5d8ce29d88",
     "train data=coco2017 model=sam_detr_r50_dc5_smca trainer=gpu tracking=server":
-        "ebcc1069013918e0",
+        "3a3dff3a4f1c43a9",
     # data.format, data.root and data.classes (and data.annotations / data.images, null unless
     # the data group sets them) joined preprocess's data node (#28: YOLO and VOC input); then
     # data.keep_classes, data.rename_classes, data.drop_emptied_images, data.val_fraction,
@@ -132,11 +134,11 @@ FINGERPRINTS = {
     # pipelines.export (#29): ExportSettings' defaults, output given.
     "export output=x.onnx": "012d422a326e09d7",
     "make_synthetic": "6bf71df80590184c",
-    "study": "11e48a34072e901c",
-    "tune": "e99da2e0f6525a30",
-    "tune sweep=m_smca_lr": "a599cba86fef12b5",
+    "study": "7e61b175f9d54006",
+    "tune": "5d8ed638b93d1922",
+    "tune sweep=m_smca_lr": "378e0ce2bd9e7093",
     "tune experiment=sam_detr_r50_e12 data=coco2017 trainer=gpu tracking=server":
-        "4a27690b2c036ba6",
+        "da94d69e963fd6ed",
 }
 
 

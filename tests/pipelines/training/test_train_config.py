@@ -344,12 +344,19 @@ def _synthetic_shards(root: Path) -> str:
 def test_a_recipe_refuses_another_global_batch_unless_it_is_stated(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     recipe = ["experiment=sam_detr_r50_e12"]
-    with pytest.raises(ValueError, match=r"trainer.num_workers=8 x data.batch_size=4 makes a "
-                       r"global batch of 32, but .* trainer.global_batch=16. Use "
-                       r"data.batch_size=2; or .* trainer.global_batch=32"):
+    with pytest.raises(ValueError, match=r"trainer.num_workers=8 x data.batch_size=4 x "
+                       r"trainer.accumulate=1 makes a global batch of 32, but .* "
+                       r"trainer.global_batch=16. Use data.batch_size=2; or .* "
+                       r"trainer.global_batch=32"):
         TrainSettings.from_dict(_compose(recipe + ["trainer.num_workers=8"]))
     with pytest.raises(ValueError, match="whose product is 16"):
         TrainSettings.from_dict(_compose(recipe + ["trainer.num_workers=3"]))
+    # Fewer GPUs than the recipe's: a smaller global batch, or accumulation to make it whole.
+    with pytest.raises(ValueError, match=r"Use data.batch_size=8 or trainer.accumulate=2;"):
+        TrainSettings.from_dict(_compose(recipe + ["trainer.num_workers=2"]))
+    accumulated = TrainSettings.from_dict(_compose(recipe + ["trainer.num_workers=2",
+                                                             "trainer.accumulate=2"]))
+    assert accumulated.global_batch == 16
     split = TrainSettings.from_dict(_compose(recipe + ["trainer.num_workers=8",
                                                        "data.batch_size=2"]))
     assert split.global_batch == 16

@@ -170,16 +170,38 @@ def test_train_logs_resumes_and_checkpoint_scores_the_same(workspace):
 
 @pytest.mark.slow
 def test_injected_failure_is_survived_and_each_epoch_reported_once(workspace):
+    """The run fails after epoch 1 and resumes. It accumulates 2 batches per step (each worker
+    has 2 a epoch: one step an epoch), recomputes activations in the backward pass, and keeps a
+    moving average of its weights, whose checkpoints offer the average as their model; the
+    average goes on across the restart."""
+    from samdetr.checkpoint import load_checkpoint
+
     ws = workspace
-    summary = run_training(_settings(ws, "faulty", epochs=2, fail_after_epoch=0, max_failures=1))
+    summary = run_training(_settings(ws, "faulty", epochs=2, fail_after_epoch=0, max_failures=1,
+                                     accumulate=2, ema_decay=0.5, ema_warmup_steps=0,
+                                     ema_weights="ema",
+                                     activation_checkpointing=["backbone", "decoder"]))
     client = MlflowClient(ws["uri"])
     run_id = summary["mlflow_run_id"]
-    assert _run(client, run_id).info.status == "FINISHED"
-    for key in ("AP", "loss", "epoch_time_s"):
+    run = _run(client, run_id)
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["trainer.accumulate"], run.data.params["trainer.ema_decay"]) == \
+        ("2", "0.5")
+    for key in ("AP", "loss", "epoch_time_s", "raw/AP", "ema/AP", "ema_used"):
         assert _steps(client, run_id, key) == [0, 1], key
+    assert _steps(client, run_id, "train/loss") == [1, 2]
     latest = torch.load(summary["latest_checkpoint"], map_location="cpu", weights_only=True)
     assert [h["epoch"] for h in latest["history"]] == [0, 1]
     assert os.path.basename(os.path.dirname(summary["latest_checkpoint"])) == "epoch_0002"
+    assert latest["global_step"] == 2 and latest["ema"]["updates"] == 2
+    for entry in latest["history"]:  # the headline numbers are the average's
+        assert entry["ema_used"] == 1.0 and entry["AP"] == entry["ema/AP"]
+        assert {"raw/AP", "raw/AP50"} <= set(entry)
+    assert latest["weights"] == "ema"
+    model, _, _ = load_checkpoint(summary["latest_checkpoint"])
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, latest["ema"]["model"][name]), name
+    assert any(not torch.equal(v, latest["model"][k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.slow
