@@ -7,6 +7,8 @@
         'images=[a.jpg,b.png]' score_threshold=0.3 salient_points=true
     python -m pipelines.predict model_uri=models:/sam-detr@champion images=s3://b/shots \
         engine=ray actors=4 pictures=false
+    python -m pipelines.predict model_uri=models:/sam-detr@champion images=photos/ runtime=onnx
+    python -m pipelines.predict runtime=onnx exported=detector.onnx images=photos/
 
 Writes into ``output``: ``results.json`` (COCO results: ``image_id``, ``category_id``, ``bbox``
 ``[x, y, w, h]``, ``score``, and the image's ``file_name``), ``images.json`` (the ids, files and
@@ -23,6 +25,10 @@ come: ``detections/part-NNNNN.parquet`` (one row per detection) and ``results/pa
 (COCO results) every ``part_images`` images, pictures, then ``images.json`` and
 ``skipped.txt``. A model actor that crashes is restarted and its batch run again: every image
 is written exactly once.
+
+``runtime=onnx`` (or ``exported_program``) runs a file of ``pipelines.export`` on the CPU instead
+of the PyTorch model: ``exported=FILE``, or with ``model_uri`` the newest export of that model
+(version) that ``pipelines.export`` recorded in the store with passed parity.
 """
 
 from __future__ import annotations

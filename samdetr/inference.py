@@ -4,6 +4,8 @@
     results = predictor([jpeg_bytes, pil_image])          # one dict per image, input order
     table = detections_table(results, predictor.category_names)
 
+    onnx = Predictor.from_exported("detector.onnx")       # the same, in ONNX Runtime
+
 Images are batched only with images of the same preprocessed shape. Zero-padding a smaller image
 into a batch changes the ResNet features near its bottom/right border (convolutions then see
 padded activations instead of their own zero padding), so padded batches give slightly different
@@ -12,6 +14,7 @@ detections from running each image alone; same-shape batches give the same ones.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +50,10 @@ class Predictor:
     """Runs a SAM-DETR model on images of any size and returns detections in their pixels.
 
     Args:
-        model: the detector; it is moved to ``device`` (in place) and put in eval mode.
+        model: the detector; it is moved to ``device`` (in place) and put in eval mode. Or an
+            exported one (:func:`samdetr.export.runtime.open_exported`: ONNX Runtime or an
+            ExportedProgram), which runs on the CPU and gives no salient points (``points``
+            has M = 0).
         eval_size: shorter side the images are resized to (the training eval transform's size).
         max_size: upper bound of the longer side after resizing.
         num_top: (query, class) pairs kept per image, as in :class:`PostProcess`.
@@ -66,8 +72,10 @@ class Predictor:
         batch_size: int = 4,
         category_names: Mapping[int, str] | None = None,
     ) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a SAMDETR module, got {type(model).__name__}")
+        self.exported = not isinstance(model, torch.nn.Module)
+        if self.exported and not (callable(model) and hasattr(model, "input_names")):
+            raise TypeError(f"model must be a SAMDETR module or an exported detector "
+                            f"(samdetr.export.runtime), got {type(model).__name__}")
         self.eval_size = _positive_int("eval_size", eval_size)
         self.max_size = _positive_int("max_size", max_size)
         self.num_top = _positive_int("num_top", num_top)
@@ -79,12 +87,15 @@ class Predictor:
             )
         self.category_names = {int(k): str(v) for k, v in (category_names or {}).items()}
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        if self.exported and self.device.type != "cpu":
+            raise ValueError(f"an exported model runs on the CPU here, not {self.device}")
+        self.model = model if self.exported else model.to(self.device).eval()
         self.transform = eval_transforms(self.eval_size, self.max_size)
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(eval_size={self.eval_size}, max_size={self.max_size}, "
+            f"{type(self).__name__}({'exported, ' if self.exported else ''}"
+            f"eval_size={self.eval_size}, max_size={self.max_size}, "
             f"num_top={self.num_top}, device={str(self.device)!r}, batch_size={self.batch_size}, "
             f"{len(self.category_names)} category names)"
         )
@@ -122,6 +133,34 @@ class Predictor:
                 ) from err
         kwargs.update(overrides)
         return cls(model, device=device, **kwargs)
+
+    @classmethod
+    def from_exported(cls, path: str | Path, **overrides: Any) -> Predictor:
+        """Build a predictor on an exported file (``.onnx`` in ONNX Runtime, ``.pt2`` as an
+        ExportedProgram; :func:`samdetr.export.exporter.export_model` writes them), on the CPU.
+
+        ``eval_size``/``max_size`` come from the file's ``samdetr.eval_transform`` metadata
+        and ``category_names`` from its ``samdetr.categories`` when present (``python -m
+        pipelines.export`` stores both); keyword ``overrides`` win over both."""
+        from samdetr.export.runtime import open_exported
+
+        runner = open_exported(path)
+        kwargs: dict[str, Any] = {}
+        try:
+            transform = json.loads(runner.metadata.get("samdetr.eval_transform") or "null")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: samdetr.eval_transform is not JSON: {err}") from err
+        if transform is not None:
+            if not isinstance(transform, Mapping) or "size" not in transform:
+                raise ValueError(f"{path}: samdetr.eval_transform must be a dict with 'size', "
+                                 f"got {transform!r}")
+            kwargs["eval_size"] = transform["size"]
+            if transform.get("max_size") is not None:
+                kwargs["max_size"] = transform["max_size"]
+        if runner.categories:
+            kwargs["category_names"] = runner.categories
+        kwargs.update(overrides)
+        return cls(runner, **kwargs)
 
     # ------------------------------------------------------------------------- preprocessing
     def _to_rgb(self, index: int, item: Any, exif_transpose: bool) -> Image.Image:
@@ -161,8 +200,12 @@ class Predictor:
              clip_boxes: bool = True) -> list[dict]:
         """Same-shape images -> one result dict each (on the CPU)."""
         batch, mask = pad_images(tensors)  # no padding: callers group images by shape
-        outputs = self.model(batch.to(self.device), mask.to(self.device))
         target_sizes = torch.stack(sizes).to(self.device)
+        if self.exported:  # a graph with its own post-processing takes the sizes too
+            takes_sizes = "orig_sizes" in self.model.input_names
+            outputs = self.model(batch, mask, target_sizes if takes_sizes else None)
+        else:
+            outputs = self.model(batch.to(self.device), mask.to(self.device))
         results = PostProcess(num_top)(outputs, target_sizes)
         logits = outputs["pred_logits"]
         points = outputs.get("salient_points")  # (B, Q, M, 2); absent for the baseline decoder

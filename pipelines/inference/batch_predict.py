@@ -38,7 +38,7 @@ from pipelines.inference.predict_outputs import (
     write_images_json,
     write_skipped,
 )
-from pipelines.inference.predict_sources import AUTO_GPUS, checkpoint_of, shard_set_of
+from pipelines.inference.predict_sources import AUTO_GPUS, model_file_of, shard_set_of
 from pipelines.inference.predict_workers import ModelActor, decode_rows
 from samdetr.data.shards import read_manifest
 from samdetr.data.storage import list_files
@@ -68,9 +68,8 @@ def run_batch_predict(config: Any) -> dict[str, Any]:
     total = read_manifest(shards)["num_rows"] if shards else len(files)
     connect(config.ray_address)
     gpus = gpus_per_actor(config.gpus_per_actor, ray.cluster_resources())
-    with checkpoint_of(config.checkpoint, config.model_uri,
-                       config.tracking_uri) as checkpoint:
-        checkpoint_ref = ray.put(Path(checkpoint).read_bytes())
+    with model_file_of(config) as model_file:  # a checkpoint, or an exported file
+        checkpoint_ref = ray.put(Path(model_file).read_bytes())
     writer = PartWriter(Path(config.output), config.part_images)
     dataset = _plan(config, shards, files, checkpoint_ref, gpus)
     start = time.perf_counter()
@@ -115,7 +114,7 @@ def _plan(config: Any, shards: str | None, files: list[str] | None,
                                fn_kwargs={"exif_transpose": config.exif_transpose})
     options = {name: getattr(config, name) for name in (
         "device", "batch_size", "num_top", "score_threshold", "pictures", "max_drawn",
-        "salient_points")}
+        "salient_points", "runtime")}
     # Fault tolerance is Ray Data's default for an actor pool (max_restarts=-1 and
     # max_task_retries=-1: a crashed actor is restarted and its batch runs again); setting
     # them here would go through ray_remote_args, deprecated in Ray 2.60.

@@ -194,6 +194,38 @@ def record_export(uri: str, settings: ExportSettings, summary: dict[str, Any],
     return run_id
 
 
+def find_export(uri: str, model_uri: str, format: str) -> tuple[str, str]:
+    """``(run id, artifact path)`` of the newest export of ``model_uri`` in ``format`` whose
+    parity passed, recorded by :func:`record_export` in the store ``uri`` (for a registered
+    version: an export of that version, whichever alias or number it was exported by), or a
+    ValueError saying how to make one."""
+    client = store_client(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    version = registered_version(client, model_uri)
+    if version is not None:
+        subject = (f"tags.`samdetr.model_name` = '{version.name}' and "
+                   f"tags.`samdetr.model_version` = '{version.version}'")
+    else:
+        subject = f"tags.`samdetr.model_uri` = '{model_uri}'"
+    runs = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id],
+        f"{subject} and tags.`samdetr.export.format` = '{format}' and "
+        "tags.`samdetr.export.parity` = 'passed' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        named = f"{version.name} v{version.version}" if version is not None else model_uri
+        raise ValueError(
+            f"no {format} export of {named} with passed parity in {uri}: export it first "
+            f"(python -m pipelines.export model_uri={model_uri} format={format} "
+            f"output=detector{SUFFIXES[format]}), or pass exported=FILE")
+    artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "export")
+                 if a.path.endswith(SUFFIXES[format])]
+    if len(artifacts) != 1:
+        raise ValueError(f"export run {runs[0].info.run_id} holds {len(artifacts)} "
+                         f"{SUFFIXES[format]} files under export/, expected one")
+    return runs[0].info.run_id, artifacts[0]
+
+
 def format_export(summary: dict[str, Any]) -> str:
     """The console lines of an export."""
     lines = [f"[export] {summary['source']} -> {summary['output']} ({summary['format']}, "

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipelines.common.checks import flag, non_empty, non_negative, positive_int
 from pipelines.inference.batch_predict import run_batch_predict
-from pipelines.inference.evaluate import resolve_device
+from pipelines.inference.export import SUFFIXES
 from pipelines.inference.predict_outputs import (
     PICTURES,
     above,
@@ -23,7 +23,14 @@ from pipelines.inference.predict_outputs import (
     write_images_json,
     write_skipped,
 )
-from pipelines.inference.predict_sources import AUTO_GPUS, ENGINES, checkpoint_of, shard_set_of
+from pipelines.inference.predict_sources import (
+    AUTO_GPUS,
+    ENGINES,
+    RUNTIMES,
+    model_file_of,
+    open_predictor,
+    shard_set_of,
+)
 from pipelines.registry.model_uri import check_model_source
 from samdetr.data.storage import list_files, read_file
 
@@ -36,6 +43,12 @@ class PredictSettings:
     with ``engine=ray`` also a shard set folder (``pipelines.preprocess``'s output).
     ``tracking_uri``: the MLflow store of ``model_uri`` (None: $MLFLOW_TRACKING_URI, else
     ``sqlite:///mlflow.db`` in the current folder).
+
+    ``runtime``: ``torch`` (the checkpoint's PyTorch model, on ``device``), or ``onnx`` /
+    ``exported_program``: a file of ``pipelines.export`` on the CPU, either ``exported`` (the
+    file, local or a URI; then no ``model_uri`` or ``checkpoint``) or the export of
+    ``model_uri`` that ``pipelines.export`` recorded in the store (the newest whose parity
+    passed). Exported graphs give no salient points.
 
     ``engine=ray`` only: ``ray_address`` (None: the Ray of $RAY_ADDRESS or a local one started
     here), ``actors`` (model actors in the pool), ``cpus_per_actor``, ``gpus_per_actor`` (a
@@ -62,9 +75,11 @@ class PredictSettings:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float | str = AUTO_GPUS
     part_images: int = 1000
+    runtime: str = "torch"
+    exported: str | None = None
 
     def __post_init__(self) -> None:
-        check_model_source(self.model_uri, self.checkpoint)
+        self._check_model()
         non_empty(self.output, "output")
         images = [self.images] if isinstance(self.images, str) else self.images
         if not isinstance(images, (list, tuple)) or not images or not all(
@@ -92,11 +107,42 @@ class PredictSettings:
             raise ValueError("ray_address is used by engine=ray only; set engine=ray or leave "
                              "ray_address null")
 
+    def _check_model(self) -> None:
+        """What the runtime runs: a model URI or checkpoint (torch), an exported file or the
+        recorded export of a model URI (the others)."""
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, "
+                             f"got {self.runtime!r}")
+        if self.runtime == "torch":
+            if self.exported is not None:
+                raise ValueError("exported is run with runtime=onnx or exported_program; "
+                                 "runtime=torch runs model_uri or checkpoint")
+            check_model_source(self.model_uri, self.checkpoint)
+            return
+        if self.exported is not None:
+            non_empty(self.exported, "exported")
+            if self.model_uri is not None or self.checkpoint is not None:
+                raise ValueError("exported is the model: leave model_uri and checkpoint unset")
+            if not self.exported.endswith(SUFFIXES[self.runtime]):
+                raise ValueError(f"runtime={self.runtime} runs a {SUFFIXES[self.runtime]} file, "
+                                 f"got exported={self.exported!r}")
+        elif self.checkpoint is not None:
+            raise ValueError(f"a checkpoint runs with runtime=torch; for runtime={self.runtime} "
+                             f"export it first (python -m pipelines.export checkpoint=... "
+                             f"output=detector{SUFFIXES[self.runtime]}) and pass exported=FILE")
+        elif self.model_uri is None:
+            raise ValueError(f"runtime={self.runtime} needs exported=FILE or model_uri (whose "
+                             "export pipelines.export recorded)")
+        else:
+            check_model_source(self.model_uri, None)
+        if self.device not in ("auto", "cpu"):
+            raise ValueError(f"runtime={self.runtime} runs on the CPU: device must be auto or "
+                             f"cpu, got {self.device!r}")
+
 
 def run_predict(config: PredictSettings) -> dict[str, Any]:
     """Detect, write the outputs; returns ``{"images", "detections", "skipped", "output"}``
     (``engine=ray``: :func:`pipelines.inference.batch_predict.run_batch_predict`'s summary)."""
-    from samdetr.inference import Predictor
 
     if config.engine == "ray":
         return run_batch_predict(config)
@@ -106,10 +152,9 @@ def run_predict(config: PredictSettings) -> dict[str, Any]:
     files = list_files(config.images)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    with checkpoint_of(config.checkpoint, config.model_uri, config.tracking_uri) as checkpoint:
-        predictor = Predictor.from_checkpoint(checkpoint, device=resolve_device(config.device),
-                                              batch_size=config.batch_size,
-                                              num_top=config.num_top)
+    with model_file_of(config) as path:
+        predictor = open_predictor(path, config.runtime, config.device, config.batch_size,
+                                   config.num_top)
     records, skipped = _detect_all(predictor, files, config, out)
     _write_tables(records, skipped, predictor.category_names, out)
     summary = {"images": len(records), "skipped": len(skipped), "output": str(out),

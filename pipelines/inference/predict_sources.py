@@ -1,25 +1,36 @@
 """Where ``python -m pipelines.predict`` finds its model and images, for both engines: the
-checkpoint file of a checkpoint setting or of an MLflow model (:func:`checkpoint_of`), whether
-the images are a shard set (:func:`shard_set_of`), and the engines' names. ``predict`` (the
+checkpoint file of a checkpoint setting or of an MLflow model (:func:`checkpoint_of`), or the
+exported file a non-torch runtime runs (:func:`model_file_of`), the predictor on either
+(:func:`open_predictor`), whether the images are a shard set (:func:`shard_set_of`), and the
+engines' and runtimes' names. ``predict`` (the
 settings and the one-process engine) hands ``engine=ray`` runs to ``batch_predict``, which
 takes these from here, not from ``predict``."""
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from pipelines.common.checkpoints import local_checkpoint
+from pipelines.common.tracking import store_client
 from pipelines.common.tracking_settings import store_uri
+from pipelines.inference.evaluate import resolve_device
+from pipelines.inference.export import SUFFIXES, find_export
 from pipelines.registry.register import fetched_checkpoint
 from samdetr.data.shards import MANIFEST_NAME
-from samdetr.data.storage import resolve_fs
+from samdetr.data.storage import is_uri, read_file, resolve_fs
 
 #: ``engine``: ``local`` reads, decodes and detects in this process; ``ray`` reads and decodes
 #: with Ray Data tasks and detects in a pool of model actors (pipelines.inference.batch_predict).
 ENGINES = ("local", "ray")
 #: ``gpus_per_actor`` that means "1 where the Ray cluster has GPUs, else 0".
 AUTO_GPUS = "auto"
+#: ``runtime``: the PyTorch model of a checkpoint, or a file of ``pipelines.export`` in ONNX
+#: Runtime or as an ExportedProgram (on the CPU).
+RUNTIMES = ("torch", "onnx", "exported_program")
 
 
 @contextlib.contextmanager
@@ -48,3 +59,44 @@ def shard_set_of(images: str | list[str]) -> str | None:
     fs, base = resolve_fs(images, None)
     info = fs.get_file_info(f"{base.rstrip('/')}/{MANIFEST_NAME}")
     return images if info.type.name == "File" else None
+
+
+@contextlib.contextmanager
+def model_file_of(settings: Any) -> Iterator[str]:
+    """The local file ``settings`` (``PredictSettings``) runs: with ``runtime=torch`` the
+    checkpoint (:func:`checkpoint_of`); otherwise ``exported`` (local, or at a URI: copied
+    here), or the export of ``model_uri`` recorded in its store by ``pipelines.export``."""
+    if settings.runtime == "torch":
+        with checkpoint_of(settings.checkpoint, settings.model_uri,
+                           settings.tracking_uri) as path:
+            yield path
+        return
+    suffix = SUFFIXES[settings.runtime]
+    with tempfile.TemporaryDirectory(prefix="samdetr-exported-") as folder:
+        local = Path(folder) / f"detector{suffix}"
+        if settings.exported is not None:
+            if not is_uri(settings.exported):
+                if not Path(settings.exported).is_file():
+                    raise FileNotFoundError(f"exported={settings.exported}: no such file")
+                yield settings.exported
+                return
+            local.write_bytes(read_file(settings.exported))
+        else:
+            uri = store_uri(settings.tracking_uri)
+            run_id, artifact = find_export(uri, settings.model_uri, settings.runtime)
+            fetched = store_client(uri).download_artifacts(run_id, artifact, folder)
+            local = Path(fetched)
+            print(f"[predict] {settings.model_uri}: the {settings.runtime} export of MLflow run "
+                  f"{run_id}", flush=True)
+        yield str(local)
+
+
+def open_predictor(path: str, runtime: str, device: str, batch_size: int, num_top: int) -> Any:
+    """The ``samdetr.inference.Predictor`` on ``path``: a checkpoint (``runtime=torch``, on
+    ``device``: ``auto``, ``cpu``, ``cuda``...) or an exported file (on the CPU)."""
+    from samdetr.inference import Predictor
+
+    if runtime == "torch":
+        return Predictor.from_checkpoint(path, device=resolve_device(device),
+                                         batch_size=batch_size, num_top=num_top)
+    return Predictor.from_exported(path, batch_size=batch_size, num_top=num_top)

@@ -15,8 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.inference.evaluate import resolve_device
+from pipelines.inference.export import SUFFIXES
 from pipelines.inference.predict_outputs import above, picture, png_bytes, skip_reason
+from pipelines.inference.predict_sources import open_predictor
 from samdetr.data.storage import read_file
 
 #: The rows between decoding and the model: an image's id and file, its decoded size and its
@@ -67,28 +68,27 @@ def decode_rows(batch: pa.Table, exif_transpose: bool) -> pa.Table:
 
 
 class ModelActor:
-    """A Ray Data callable class: one model per actor, built once from the checkpoint's bytes
+    """A Ray Data callable class: one model per actor, built once from the model file's bytes
     (an object-store reference: every actor reads the one copy the driver put there, nothing is
     downloaded again), then :meth:`__call__` per batch of decoded rows.
 
-    ``checkpoint``: a one-item list holding the ``ObjectRef`` of the checkpoint file's bytes (a
-    list, so that Ray hands the reference over instead of resolving it). ``options``: the
-    prediction settings the actor needs (``device``, ``batch_size``, ``num_top``,
-    ``score_threshold``, ``pictures``, ``max_drawn``, ``salient_points``).
+    ``checkpoint``: a one-item list holding the ``ObjectRef`` of the model file's bytes (a
+    list, so that Ray hands the reference over instead of resolving it): the checkpoint, or the
+    exported file of a non-torch ``runtime``. ``options``: the prediction settings the actor
+    needs (``device``, ``batch_size``, ``num_top``, ``score_threshold``, ``pictures``,
+    ``max_drawn``, ``salient_points``, ``runtime``).
     """
 
     def __init__(self, checkpoint: list[Any], options: dict[str, Any]) -> None:
         import ray
 
-        from samdetr.inference import Predictor
-
         self.options = dict(options)
+        runtime = self.options.get("runtime", "torch")
         with tempfile.TemporaryDirectory(prefix="samdetr-predict-") as folder:
-            path = Path(folder) / "checkpoint.pt"
+            path = Path(folder) / f"model{SUFFIXES.get(runtime, '.pt')}"
             path.write_bytes(ray.get(checkpoint[0]))
-            self.predictor = Predictor.from_checkpoint(
-                path, device=resolve_device(self.options["device"]),
-                batch_size=self.options["batch_size"], num_top=self.options["num_top"])
+            self.predictor = open_predictor(str(path), runtime, self.options["device"],
+                                            self.options["batch_size"], self.options["num_top"])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from PIL import Image

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from samdetr.export.exporter import PROGRAM_METADATA, require_export_extra
 
-__all__ = ["ExportedProgramDetector", "OnnxDetector", "read_onnx_metadata"]
+__all__ = ["ExportedProgramDetector", "OnnxDetector", "open_exported", "read_onnx_metadata"]
 
 
 def _checked_inputs(images: Tensor, mask: Tensor | None, orig_sizes: Tensor | None,
@@ -132,3 +132,15 @@ class ExportedProgramDetector:
         with torch.no_grad():
             values = self.module(*(named[name] for name in self.input_names))
         return dict(zip(self.output_names, values, strict=True))
+
+
+def open_exported(path: str | os.PathLike[str]) -> OnnxDetector | ExportedProgramDetector:
+    """The runner of an exported file, told by its name: ``.onnx`` in ONNX Runtime (CPU),
+    ``.pt2`` as an ExportedProgram."""
+    name = os.fspath(path)
+    if name.endswith(".onnx"):
+        return OnnxDetector(name)
+    if name.endswith(".pt2"):
+        return ExportedProgramDetector(name)
+    raise ValueError(f"{name} is not an exported samdetr model: expected a .onnx or .pt2 file "
+                     "(python -m pipelines.export writes them)")

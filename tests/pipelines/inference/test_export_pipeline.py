@@ -109,3 +109,75 @@ def test_the_parity_images_follow_the_model_s_eval_size():
     assert parity_sizes(settings, None) == [(800, 1067), (1067, 800)]
     given = ExportSettings(checkpoint="c.pt", output="m.onnx", parity_sizes=[[50, 60]])
     assert parity_sizes(given, None) == [(50, 60)]
+
+
+def test_predict_runs_the_recorded_export_of_a_version_like_its_pytorch_model(case):
+    """runtime=onnx with a model URI finds the version's export that pipelines.export recorded
+    (the test above) and detects what runtime=torch does, in this process and in the Ray
+    engine's model actors."""
+    from support.images import random_jpeg
+
+    from pipelines.inference.predict import PredictSettings, run_predict
+
+    if not list((case["root"] / "exports").glob("champion.onnx")):
+        test_a_registered_version_exports_with_its_report_and_is_recorded(case)
+    images = case["root"] / "images"
+    images.mkdir(exist_ok=True)
+    for i, (width, height) in enumerate([(90, 70), (64, 100), (90, 70)]):
+        (images / f"im{i}.jpg").write_bytes(random_jpeg(width, height, seed=i))
+    common = {"images": str(images), "score_threshold": 0.0, "pictures": False,
+              "tracking_uri": case["uri"], "device": "cpu"}
+    results = {}
+    for name, extra in {
+        "torch": {"model_uri": "models:/export-test/1"},
+        "onnx": {"model_uri": "models:/export-test@champion", "runtime": "onnx"},
+    }.items():
+        out = case["root"] / "predict" / name
+        run_predict(PredictSettings(output=str(out), **common, **extra))
+        results[name] = json.loads((out / "results.json").read_text())
+    # Every (query, class) pair of the tiny model (10 queries x 4 classes) for 3 images.
+    assert len(results["torch"]) == len(results["onnx"]) == 3 * 40
+    for got, want in zip(results["onnx"], results["torch"], strict=True):
+        assert (got["image_id"], got["category_id"]) == (want["image_id"], want["category_id"])
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+        assert got["bbox"] == pytest.approx(want["bbox"], abs=1e-2)
+    # The Ray engine's model actors run the export the driver fetched once.
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        out = case["root"] / "predict" / "onnx-ray"
+        run_predict(PredictSettings(output=str(out), **common, engine="ray", cpus_per_actor=0.5,
+                                    model_uri="models:/export-test@champion", runtime="onnx"))
+    finally:
+        ray.shutdown()
+    parts = [r for part in sorted((out / "results").glob("part-*.json"))
+             for r in json.loads(part.read_text())]
+    def ordered(rows):
+        return sorted(rows, key=lambda r: (r["image_id"], r["category_id"], r["score"]))
+
+    assert len(parts) == len(results["onnx"])
+    for got, want in zip(ordered(parts), ordered(results["onnx"]), strict=True):
+        assert (got["image_id"], got["category_id"]) == (want["image_id"], want["category_id"])
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+    with pytest.raises(ValueError, match="no exported_program export of export-test v1"):
+        run_predict(PredictSettings(output=str(case["root"] / "predict" / "none"), **common,
+                                    model_uri="models:/export-test@champion",
+                                    runtime="exported_program"))
+
+
+@pytest.mark.parametrize("node, message", [
+    ({"exported": "d.onnx"}, "exported is run with runtime=onnx"),
+    ({"runtime": "tflite", "checkpoint": "c.pt"}, "runtime must be one of torch"),
+    ({"runtime": "onnx", "checkpoint": "c.pt"}, "a checkpoint runs with runtime=torch"),
+    ({"runtime": "onnx"}, "needs exported=FILE or model_uri"),
+    ({"runtime": "onnx", "exported": "d.pt2"}, r"runs a \.onnx file"),
+    ({"runtime": "onnx", "exported": "d.onnx", "model_uri": "models:/a@b"},
+     "leave model_uri and checkpoint unset"),
+    ({"runtime": "onnx", "exported": "d.onnx", "device": "cuda"}, "runs on the CPU"),
+])
+def test_bad_runtime_settings_get_clear_errors(node, message):
+    from pipelines.inference.predict import PredictSettings
+
+    with pytest.raises(ValueError, match=message):
+        PredictSettings(images="x/", output="out", **node)

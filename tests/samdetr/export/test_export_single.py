@@ -120,3 +120,31 @@ def test_a_graph_without_post_processing_takes_no_sizes(single):
     with pytest.raises(ValueError, match="no post-processing"):
         detector(torch.zeros(1, 3, 64, 64), None, torch.tensor([[64, 64]]))
     assert detector(torch.zeros(1, 3, 64, 64))["pred_logits"].shape == (1, 10, 20)
+
+
+@pytest.mark.parametrize("kind", ["onnx", "program"])
+def test_a_predictor_on_the_exported_file_detects_as_on_the_model(single, kind):
+    """Predictor.from_exported: the same preprocessing and detections in the images' pixels;
+    the ONNX graph post-processes itself, the ExportedProgram's outputs are post-processed by
+    the predictor."""
+    from support.images import random_jpeg
+
+    from samdetr.inference import Predictor
+
+    images = [random_jpeg(120, 90, seed=1), random_jpeg(90, 130, seed=2),
+              random_jpeg(120, 90, seed=3)]
+    sizes = {"eval_size": 96, "max_size": 160}
+    exported = Predictor.from_exported(single[kind].path, batch_size=2, **sizes)
+    assert exported.exported and "exported" in repr(exported)
+    if kind == "onnx":  # the file names its classes
+        assert exported.category_names == CATEGORIES
+    reference = Predictor(single["model"], batch_size=2, **sizes)
+    for got, want in zip(exported(images), reference(images), strict=True):
+        assert got["labels"].tolist() == want["labels"].tolist()
+        torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(got["boxes"], want["boxes"], rtol=0, atol=1e-2)
+        assert got["points"].shape[1] == 0  # no salient points from an exported graph
+    with pytest.raises(ValueError, match="runs on the CPU here"):
+        Predictor.from_exported(single[kind].path, device="cuda")
+    with pytest.raises(ValueError, match="expected a .onnx or .pt2 file"):
+        Predictor.from_exported(single["folder"] / "checkpoint.pth")
