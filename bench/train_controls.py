@@ -8,9 +8,12 @@ RSS its own) and reports the median step time over ``--steps`` steps after a war
 activations autograd kept for the backward pass of one batch (MiB, counted with saved-tensor
 hooks: what checkpointing saves), the peak RSS (CPU) or the peak CUDA memory allocated (GPU).
 Times are compared with the ``plain`` setting of the same run. Prints JSON, or a markdown table with
-``--markdown``.
+``--markdown``. The machine's speed drifts from minute to minute, so ``--rounds N`` runs every
+setting N times, taking turns, and reports each setting's median over its rounds (and the
+spread of its ratio to ``plain``, round by round).
 
-    python -m bench.train_controls [--steps 3] [--threads 2] [--size 512] [--device cpu]
+    python -m bench.train_controls [--steps 3] [--rounds 1] [--threads 2] [--size 512]
+        [--device cpu]
 """
 
 from __future__ import annotations
@@ -99,21 +102,41 @@ def run_one(name: str, steps: int, threads: int, size: int, device: str) -> dict
     return row
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def summarise(rounds: list[list[dict]]) -> list[dict]:
+    """One row per setting over ``rounds`` (each a list of rows, ``plain`` first): the median
+    step and memory, and the ratio to ``plain`` of each round (min and max)."""
+    out = []
+    for i, first in enumerate(rounds[0]):
+        runs = [r[i] for r in rounds]
+        ratios = [r[i]["step_s"] / r[0]["step_s"] for r in rounds]
+        row = {key: _median([run[key] for run in runs]) for key in first if key != "setting"}
+        out.append({"setting": first["setting"], **row, "ratio": _median(ratios),
+                    "ratio_min": min(ratios), "ratio_max": max(ratios)})
+    return out
+
+
 def _table(rows: list[dict]) -> str:
-    plain = next(r for r in rows if r["setting"] == "plain")
-    memory = "peak_cuda_mib" if "peak_cuda_mib" in plain else "peak_rss_mib"
-    lines = ["| setting | step (s) | vs plain | activations kept per batch (MiB) | "
-             f"{'peak CUDA' if memory == 'peak_cuda_mib' else 'peak RSS'} (MiB) |",
+    memory = "peak_cuda_mib" if "peak_cuda_mib" in rows[0] else "peak_rss_mib"
+    lines = ["| setting | step (s) | vs plain (rounds' range) | activations kept per batch (MiB) "
+             f"| {'peak CUDA' if memory == 'peak_cuda_mib' else 'peak RSS'} (MiB) |",
              "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['step_s']:.2f} | {r['step_s'] / plain['step_s']:.2f}x"
-                     f" | {r['kept_activations_mib']:.0f} | {r[memory]:.0f} |")
+        lines.append(f"| {r['setting']} | {r['step_s']:.2f} | {r['ratio']:.2f}x "
+                     f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
+                     f"{r['kept_activations_mib']:.0f} | {r[memory]:.0f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="cpu")
@@ -126,15 +149,19 @@ def main() -> None:
         return
     from bench.timing import git_commit
 
-    rows = []
-    for name in ["plain"] + [s for s in args.settings if s != "plain"]:
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.train_controls", "--one", name, "--steps",
-             str(args.steps), "--threads", str(args.threads), "--size", str(args.size),
-             "--device", args.device], capture_output=True, text=True, check=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rounds = []
+    for _ in range(args.rounds):
+        rows = []
+        for name in ["plain"] + [s for s in args.settings if s != "plain"]:
+            done = subprocess.run(
+                [sys.executable, "-m", "bench.train_controls", "--one", name, "--steps",
+                 str(args.steps), "--threads", str(args.threads), "--size", str(args.size),
+                 "--device", args.device], capture_output=True, text=True, check=True)
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rounds.append(rows)
+    rows = summarise(rounds)
     out = {"commit": git_commit(), "device": args.device, "threads": args.threads,
-           "size": args.size, "steps": args.steps, "rows": rows}
+           "size": args.size, "steps": args.steps, "rounds": args.rounds, "rows": rows}
     print(_table(rows) if args.markdown else json.dumps(out, indent=1))
 
 
