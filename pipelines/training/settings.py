@@ -324,7 +324,8 @@ class TrainSettings:
             "loss": detector["loss"],
             "optim": self.optim.to_dict(),
             "data": dataclasses.asdict(self.data),
-            "trainer": dataclasses.asdict(self.trainer),
+            "trainer": {**dataclasses.asdict(self.trainer),  # JSON has no tuples
+                        "activation_checkpointing": list(self.trainer.activation_checkpointing)},
             "tracking": dataclasses.asdict(self.tracking),
             "init": dataclasses.asdict(self.init),
         }
