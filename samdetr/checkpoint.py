@@ -21,7 +21,7 @@ from torch import nn
 
 from samdetr.builder import build_model
 from samdetr.config import DetectorConfig
-from samdetr.model.detector import SAMDETR
+from samdetr.model.detector import SAMDETR, unwrap_model
 
 FORMAT = "samdetr-checkpoint"
 VERSION = 1
@@ -40,9 +40,7 @@ def save_checkpoint(
     reserved = {"format", "version", "config", "model"} & set(extra)
     if reserved:
         raise ValueError(f"extra entries may not use the reserved names {sorted(reserved)}")
-    # DDP / compiled wrappers keep the real model in .module / ._orig_mod.
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = unwrap_model(model)
     payload = {
         "format": FORMAT,
         "version": VERSION,

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from samdetr.checkpoint import check_payload, model_state
 from samdetr.config import DetectorConfig, ModelConfig
+from samdetr.engine.parameter_groups import plain_name
+from samdetr.model.detector import unwrap_model
 from samdetr.official import (
     convert_state_dict,
     infer_config,
@@ -157,10 +159,6 @@ def read_pretrained(path: str | Path, origin: str | None = None) -> PretrainedWe
         kind="official", origin=origin, sha256=_sha256(path))
 
 
-def _plain(name: str) -> str:
-    return name.removeprefix("module.").removeprefix("_orig_mod.")
-
-
 def transfer_weights(model: nn.Module, config: DetectorConfig | ModelConfig,
                      pretrained: PretrainedWeights,
                      min_loaded: float = MIN_LOADED) -> TransferReport:
@@ -177,7 +175,7 @@ def transfer_weights(model: nn.Module, config: DetectorConfig | ModelConfig,
     if not 0.0 <= min_loaded <= 1.0:
         raise ValueError(f"min_loaded must be in [0, 1], got {min_loaded!r}")
     model_config = config.model if isinstance(config, DetectorConfig) else config
-    own = {_plain(name): tensor for name, tensor in model.state_dict().items()}
+    own = {plain_name(name): tensor for name, tensor in model.state_dict().items()}
     source = dict(pretrained.state)
     notes = []
     theirs, ours = pretrained.config.model.backbone.name, model_config.backbone.name
@@ -216,7 +214,7 @@ def transfer_weights(model: nn.Module, config: DetectorConfig | ModelConfig,
 
 def _load(model: nn.Module, tensors: dict[str, Tensor]) -> None:
     """Copy ``tensors`` (plain names) into ``model``'s parameters and buffers in place."""
-    own = {_plain(name): tensor for name, tensor in model.state_dict(keep_vars=True).items()}
+    own = {plain_name(name): tensor for name, tensor in model.state_dict(keep_vars=True).items()}
     with torch.no_grad():
         for name, tensor in tensors.items():
             own[name].copy_(tensor.to(dtype=own[name].dtype, device=own[name].device))
@@ -225,5 +223,4 @@ def _load(model: nn.Module, tensors: dict[str, Tensor]) -> None:
 def reset_class_heads(model: nn.Module) -> None:
     """The class heads of ``model`` (possibly DDP- or compile-wrapped) initialised anew, as
     :meth:`samdetr.model.detector.SAMDETR.reset_class_heads` does."""
-    inner = getattr(model, "module", model)
-    getattr(inner, "_orig_mod", inner).reset_class_heads()
+    unwrap_model(model).reset_class_heads()

@@ -30,7 +30,7 @@ from pipelines.training.class_report import class_rows, history_metrics, log_cla
 from pipelines.training.ema_choice import Choice, Scores, choose, worker_ema
 from pipelines.training.epoch_report import combined_metrics, epoch_line
 from pipelines.training.job import TrainJob
-from pipelines.training.pictures import picture_images, pictures_grid, unwrap
+from pipelines.training.pictures import picture_images, pictures_grid
 from pipelines.training.plots import convergence_figure
 from pipelines.training.pretrained import start_model
 from pipelines.training.settings import TrainSettings
@@ -47,6 +47,7 @@ from samdetr.engine.optim import build_optimizer, build_scheduler
 from samdetr.engine.reproducibility import rng_state, seed_everything
 from samdetr.engine.step import StepOptions
 from samdetr.model.criterion import distributed_mean
+from samdetr.model.detector import unwrap_model
 from samdetr.model.postprocess import PostProcess
 
 
@@ -93,7 +94,7 @@ def _evaluate(model, loader, coco_gt, device, autocast_dtype
               ) -> tuple[dict[str, float], list[ClassMetrics]]:
     """Inference on this rank's share, gathered; COCOeval once on rank 0: the 12 metrics on
     every rank, each class's numbers (from the same evaluation) on rank 0 only."""
-    detections = predict(unwrap(model), loader, device, PostProcess(100), autocast_dtype)
+    detections = predict(unwrap_model(model), loader, device, PostProcess(100), autocast_dtype)
     if _distributed():  # only rank 0 scores, so only rank 0 receives the detections
         parts: list[Any] | None = [None] * dist.get_world_size() if coco_gt is not None else None
         dist.gather_object(detections, parts, dst=0)
@@ -372,7 +373,7 @@ def _report(worker: _Worker, epoch: int, metrics: dict[str, float], progress: _P
         if worker.rank == 0:
             save_checkpoint(
                 os.path.join(folder, CHECKPOINT_FILE),
-                unwrap(worker.model),
+                unwrap_model(worker.model),
                 settings.detector,
                 optimizer=worker.optimizer.state_dict(),
                 scheduler=worker.scheduler.state_dict(),

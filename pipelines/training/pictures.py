@@ -11,12 +11,8 @@ from pipelines.training.settings import TrainSettings
 from samdetr.data.images import decode_image
 from samdetr.data.shards import ShardDataset
 from samdetr.inference import Predictor
+from samdetr.model.detector import unwrap_model
 from samdetr.visualize import draw_detections
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def picture_images(settings: TrainSettings) -> list[Any]:
@@ -33,7 +29,7 @@ def pictures_grid(model, images, settings: TrainSettings, categories, device) ->
     """``images`` with their top detections and salient points, tiled into one picture."""
     names = {c["id"]: c["name"] for c in categories}
     predictor = Predictor(
-        unwrap(model), settings.data.eval_transform.get("size", 800),
+        unwrap_model(model), settings.data.eval_transform.get("size", 800),
         settings.data.eval_transform.get("max_size", 1333), num_top=10, device=device,
     )
     drawn = []

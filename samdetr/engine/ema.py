@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from samdetr.model.detector import unwrap_model
+
 
 @dataclass(frozen=True)
 class EmaConfig:
@@ -46,12 +48,6 @@ class EmaConfig:
         return self.decay > 0
 
 
-def _inner(model: nn.Module) -> nn.Module:
-    """The model inside DDP / ``torch.compile`` wrappers (the average is of its weights)."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 class ModelEma:
     """The moving average of ``model``'s weights (a copy of it, on its device), as
     :class:`EmaConfig` says. :meth:`update` after each optimizer step; :attr:`module` is the
@@ -62,7 +58,7 @@ class ModelEma:
             raise ValueError("ModelEma needs a decay > 0 (EmaConfig.decay)")
         self.config = config
         self.updates = 0  # counted here: reading AveragedModel's tensor would sync the GPU
-        self._averaged = AveragedModel(_inner(model), multi_avg_fn=self._average)
+        self._averaged = AveragedModel(unwrap_model(model), multi_avg_fn=self._average)
         self._averaged.requires_grad_(False)
         self._averaged.eval()
 
@@ -85,7 +81,7 @@ class ModelEma:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold ``model``'s current weights into the average."""
-        self._averaged.update_parameters(_inner(model))
+        self._averaged.update_parameters(unwrap_model(model))
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:

@@ -134,3 +134,10 @@ class SAMDETR(nn.Module):
         if points[-1] is not None:
             out["salient_points"] = points[-1]
         return out
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The detector inside a DDP wrapper (``.module``) and/or a ``torch.compile`` one
+    (``._orig_mod``), or ``model`` itself: what a checkpoint saves and a copy averages."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
