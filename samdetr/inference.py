@@ -46,6 +46,20 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _eval_sizes(transform: Any, where: str) -> dict[str, Any]:
+    """``eval_size`` / ``max_size`` keyword arguments from a stored eval transform (``{"size":
+    int, "max_size": int}``; None: none), or a ValueError naming ``where``."""
+    if transform is None:
+        return {}
+    if not isinstance(transform, Mapping) or "size" not in transform:
+        raise ValueError(f"{where} must be a dict with 'size' (and optionally 'max_size'), "
+                         f"got {transform!r}")
+    sizes = {"eval_size": transform["size"]}
+    if transform.get("max_size") is not None:
+        sizes["max_size"] = transform["max_size"]
+    return sizes
+
+
 class Predictor:
     """Runs a SAM-DETR model on images of any size and returns detections in their pixels.
 
@@ -111,17 +125,7 @@ class Predictor:
         (``[{"id": int, "name": str}, ...]``) when present; keyword ``overrides`` win over both.
         """
         model, _, extra = load_checkpoint(path, map_location="cpu")  # moved in __init__
-        kwargs: dict[str, Any] = {}
-        transform = extra.get("eval_transform")
-        if transform is not None:
-            if not isinstance(transform, Mapping) or "size" not in transform:
-                raise ValueError(
-                    f"{path}: eval_transform must be a dict with 'size' (and optionally "
-                    f"'max_size'), got {transform!r}"
-                )
-            kwargs["eval_size"] = transform["size"]
-            if transform.get("max_size") is not None:
-                kwargs["max_size"] = transform["max_size"]
+        kwargs = _eval_sizes(extra.get("eval_transform"), f"{path}: eval_transform")
         categories = extra.get("categories")
         if categories is not None:
             try:
@@ -145,18 +149,11 @@ class Predictor:
         from samdetr.export.runtime import open_exported
 
         runner = open_exported(path)
-        kwargs: dict[str, Any] = {}
         try:
             transform = json.loads(runner.metadata.get("samdetr.eval_transform") or "null")
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: samdetr.eval_transform is not JSON: {err}") from err
-        if transform is not None:
-            if not isinstance(transform, Mapping) or "size" not in transform:
-                raise ValueError(f"{path}: samdetr.eval_transform must be a dict with 'size', "
-                                 f"got {transform!r}")
-            kwargs["eval_size"] = transform["size"]
-            if transform.get("max_size") is not None:
-                kwargs["max_size"] = transform["max_size"]
+        kwargs = _eval_sizes(transform, f"{path}: samdetr.eval_transform")
         if runner.categories:
             kwargs["category_names"] = runner.categories
         kwargs.update(overrides)
