@@ -251,7 +251,7 @@ class TrainSettings:
     init: InitSettings = field(default_factory=InitSettings)
 
     def __post_init__(self) -> None:
-        check_global_batch(self.trainer, self.data)
+        check_global_batch(self)
 
     @property
     def global_batch(self) -> int:
@@ -331,12 +331,12 @@ class TrainSettings:
         }
 
 
-def check_global_batch(trainer: TrainerSettings, data: DataSettings) -> None:
+def check_global_batch(settings: TrainSettings) -> None:
     """ValueError unless the workers, their batch and the accumulation make the recipe's global
     batch (when the recipe names one): its learning rates hold for that batch only."""
+    trainer, found = settings.trainer, settings.global_batch
     expected = trainer.global_batch
-    workers, batch, accumulate = trainer.num_workers, data.batch_size, trainer.accumulate
-    found = workers * batch * accumulate
+    workers, batch, accumulate = trainer.num_workers, settings.data.batch_size, trainer.accumulate
     if expected is None or found == expected:
         return
     hints = []
