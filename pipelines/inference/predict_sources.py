@@ -18,7 +18,7 @@ from pipelines.common.checkpoints import local_checkpoint
 from pipelines.common.tracking import store_client
 from pipelines.common.tracking_settings import store_uri
 from pipelines.inference.evaluate import resolve_device
-from pipelines.inference.export import SUFFIXES, find_export
+from pipelines.inference.export import find_export
 from pipelines.registry.register import fetched_checkpoint
 from samdetr.data.shards import MANIFEST_NAME
 from samdetr.data.storage import is_uri, read_file, resolve_fs
@@ -71,21 +71,20 @@ def model_file_of(settings: Any) -> Iterator[str]:
                            settings.tracking_uri) as path:
             yield path
         return
-    suffix = SUFFIXES[settings.runtime]
+    exported = settings.exported
+    if exported is not None and not is_uri(exported):
+        if not Path(exported).is_file():
+            raise FileNotFoundError(f"exported={exported}: no such file")
+        yield exported
+        return
     with tempfile.TemporaryDirectory(prefix="samdetr-exported-") as folder:
-        local = Path(folder) / f"detector{suffix}"
-        if settings.exported is not None:
-            if not is_uri(settings.exported):
-                if not Path(settings.exported).is_file():
-                    raise FileNotFoundError(f"exported={settings.exported}: no such file")
-                yield settings.exported
-                return
-            local.write_bytes(read_file(settings.exported))
+        if exported is not None:  # at a URI: copied here, under its own name (its suffix)
+            local = Path(folder) / exported.rstrip("/").rsplit("/", 1)[-1]
+            local.write_bytes(read_file(exported))
         else:
             uri = store_uri(settings.tracking_uri)
             run_id, artifact = find_export(uri, settings.model_uri, settings.runtime)
-            fetched = store_client(uri).download_artifacts(run_id, artifact, folder)
-            local = Path(fetched)
+            local = Path(store_client(uri).download_artifacts(run_id, artifact, folder))
             print(f"[predict] {settings.model_uri}: the {settings.runtime} export of MLflow run "
                   f"{run_id}", flush=True)
         yield str(local)

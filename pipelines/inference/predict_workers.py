@@ -83,8 +83,9 @@ class ModelActor:
         import ray
 
         self.options = dict(options)
-        runtime = self.options.get("runtime", "torch")
+        runtime = self.options["runtime"]
         with tempfile.TemporaryDirectory(prefix="samdetr-predict-") as folder:
+            # An exported file's runner is chosen by its suffix; a checkpoint's name is free.
             path = Path(folder) / f"model{SUFFIXES.get(runtime, '.pt')}"
             path.write_bytes(ray.get(checkpoint[0]))
             self.predictor = open_predictor(str(path), runtime, self.options["device"],
